@@ -1,0 +1,57 @@
+// Device-independent glue shared by the CPU and CUDA convolution registrations: conv1d is a conv2d
+// with a height of 1, and backward ops return an empty tensor for each gradient not asked for.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "common/shapes.h"
+
+namespace fastconv {
+
+enum class ConvAlgo { Im2col, Direct };
+
+inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo) {
+  if (algo == "im2col") return ConvAlgo::Im2col;
+  if (algo == "direct") return ConvAlgo::Direct;
+  TORCH_CHECK_VALUE(false, op, ": algo must be 'im2col' or 'direct' (or 'auto' through fastconv.functional), got '",
+                    algo, "'");
+}
+
+using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Empty placeholder for a gradient that the output mask did not ask for.
+inline at::Tensor unused_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// conv1d through a 2-D kernel: (N, C, L) -> (N, C, 1, L), parameters get a leading unit entry.
+template <typename Conv2dFn>
+at::Tensor conv1d_via_conv2d(Conv2dFn conv2d, const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                             const std::string& algo) {
+  check_conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups);
+  at::Tensor out = conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, {1, stride[0]}, {0, padding[0]},
+                          {1, dilation[0]}, groups, algo);
+  return out.squeeze(2);
+}
+
+template <typename Conv2dBackwardFn>
+ConvGrads conv1d_backward_via_conv2d(Conv2dBackwardFn conv2d_backward, const at::Tensor& grad_output,
+                                     const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                     std::array<bool, 3> output_mask, const std::string& algo) {
+  ConvGeometry g = check_conv("conv1d_backward", 1, input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_conv_grad_output("conv1d_backward", g, grad_output, 1);
+  auto [grad_input, grad_weight, grad_bias] =
+      conv2d_backward(grad_output.unsqueeze(2), input.unsqueeze(2), weight.unsqueeze(2), {1, stride[0]},
+                      {0, padding[0]}, {1, dilation[0]}, groups, output_mask, algo);
+  if (output_mask[0]) grad_input = grad_input.squeeze(2);
+  if (output_mask[1]) grad_weight = grad_weight.squeeze(2);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace fastconv

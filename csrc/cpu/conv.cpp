@@ -1,0 +1,107 @@
+// CPU registration of the convolution ops: argument checks, layout preparation, algorithm dispatch.
+// The algorithms themselves live in conv_im2col.cpp and conv_direct.cpp.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "common/conv_adapters.h"
+#include "common/shapes.h"
+#include "cpu/conv_kernels.h"
+
+namespace fastconv::cpu {
+namespace {
+
+// Per-channel sum of grad_output over batch and space, in a fixed order (deterministic).
+at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
+  const int64_t batch = grad_output.size(0), channels = grad_output.size(1);
+  const int64_t plane = grad_output.numel() / std::max<int64_t>(1, batch * channels);
+  at::Tensor grad_bias = at::empty({channels}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "conv_grad_bias", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    scalar_t* gb = grad_bias.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double acc = 0;
+        for (int64_t n = 0; n < batch; ++n) {
+          const scalar_t* p = go + (n * channels + c) * plane;
+          for (int64_t i = 0; i < plane; ++i) acc += p[i];
+        }
+        gb[c] = static_cast<scalar_t>(acc);
+      }
+    });
+  });
+  return grad_bias;
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                      const std::string& algo) {
+  const ConvAlgo which = parse_conv_algo("conv2d", algo);
+  ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
+  check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
+  // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor weight_c = weight.contiguous();
+  at::Tensor out;
+  if (g.batch == 0) {
+    out = at::empty(g.output_sizes(), input.options());
+  } else {
+    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
+                                    : direct_conv2d_forward(g, input_c, weight_c);
+  }
+  if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
+  return out;
+}
+
+ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                              int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
+  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo);
+  ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_conv_grad_output("conv2d_backward", g, grad_output, 2);
+  check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
+  check_float_dtype("conv2d_backward", input, false);
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "conv2d_backward: grad_output dtype (",
+              grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
+  const at::Tensor grad_output_c = grad_output.contiguous();
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor weight_c = weight.contiguous();
+
+  at::Tensor grad_input, grad_weight;
+  if (g.batch == 0) {
+    if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
+    if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
+  } else if (output_mask[0] || output_mask[1]) {
+    std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
+    std::tie(grad_input, grad_weight, std::ignore) =
+        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+                                  : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+  }
+  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  if (!output_mask[0]) grad_input = unused_grad(input);
+  if (!output_mask[1]) grad_weight = unused_grad(input);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+at::Tensor conv1d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                      const std::string& algo) {
+  return conv1d_via_conv2d(conv2d_cpu, input, weight, bias, stride, padding, dilation, groups, algo);
+}
+
+ConvGrads conv1d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                              c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                              int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
+  return conv1d_backward_via_conv2d(conv2d_backward_cpu, grad_output, input, weight, stride, padding, dilation,
+                                    groups, output_mask, algo);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("conv1d", &conv1d_cpu);
+  m.impl("conv1d_backward", &conv1d_backward_cpu);
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

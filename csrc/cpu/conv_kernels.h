@@ -1,0 +1,26 @@
+// CPU convolution algorithms. Every function takes contiguous NCHW tensors and a geometry that
+// common/shapes.h has validated; the registration in conv.cpp prepares both.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+#include "common/conv_adapters.h"
+#include "common/shapes.h"
+
+namespace fastconv::cpu {
+
+// im2col + GEMM (conv_im2col.cpp). The column buffer is bounded by im2col_workspace_limit_bytes().
+at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
+ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& weight, std::array<bool, 3> output_mask);
+int64_t im2col_workspace_limit_bytes();
+int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
+
+// Direct convolution straight from the input, no workspace (conv_direct.cpp).
+at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
+ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& weight, std::array<bool, 3> output_mask);
+
+}  // namespace fastconv::cpu
