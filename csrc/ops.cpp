@@ -26,6 +26,9 @@ TORCH_LIBRARY(fastconv, m) {
         "int groups, str algo) -> Tensor");
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, bool[3] output_mask, str algo) -> (Tensor, Tensor, Tensor)");
+  // Bytes of scratch memory the given algorithm allocates for this conv2d (the im2col column buffer).
+  m.def("conv2d_workspace_bytes(Tensor input, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, str algo) -> int");
 
   // Pooling over the last two dims of a (C, H, W) or (N, C, H, W) input. 1-D pooling uses H == 1.
   // Indices are int64 positions in the flattened H x W input plane, as torch returns them.

@@ -65,6 +65,11 @@ for _dims, _fwd, _bwd in ((1, "conv1d", "conv1d_backward"), (2, "conv2d", "conv2
     )
 
 
+@torch.library.register_fake("fastconv::conv2d_workspace_bytes")
+def _conv2d_workspace_bytes_fake(input, weight, stride, padding, dilation, groups, algo):
+    raise RuntimeError("fastconv::conv2d_workspace_bytes needs real tensors (it is a query, not a traced op)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Pooling (over the last two dims; 1-D pooling is called with a height of 1)
 # ----------------------------------------------------------------------------------------------

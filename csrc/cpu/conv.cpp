@@ -95,6 +95,16 @@ ConvGrads conv1d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
                                     groups, output_mask, algo);
 }
 
+int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                                   c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                   const std::string& algo) {
+  const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo);
+  ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
+                              groups);
+  if (which == ConvAlgo::Direct || g.batch == 0) return 0;
+  return im2col_workspace_bytes(g, input.element_size());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
@@ -102,6 +112,7 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv1d_backward", &conv1d_backward_cpu);
   m.impl("conv2d", &conv2d_cpu);
   m.impl("conv2d_backward", &conv2d_backward_cpu);
+  m.impl("conv2d_workspace_bytes", &conv2d_workspace_bytes_cpu);
 }
 
 }  // namespace fastconv::cpu
