@@ -188,44 +188,63 @@ inline int64_t pooling_output_size(int64_t in, int64_t kernel, int64_t pad, int6
 }
 
 // One pooling problem over planes of size in_h x in_w (1-D pooling: in_h == out_h == kernel_h == 1).
+// Adaptive pooling fills only planes and the in/out sizes.
 struct PoolGeometry {
   int64_t planes = 0;  // batch * channels
   int64_t in_h = 0, in_w = 0, out_h = 0, out_w = 0;
   int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+
+  int64_t in_plane() const { return in_h * in_w; }
+  int64_t out_plane() const { return out_h * out_w; }
 };
 
-// Validates a windowed pooling call (max or avg) on a 3-D (C, H, W) or 4-D (N, C, H, W) input.
-// `max_pool` selects the padding rule: max pooling allows half the *dilated* kernel, avg half the kernel.
-inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef kernel_size,
-                                 c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                                 bool ceil_mode, bool max_pool) {
-  TORCH_CHECK(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got ", to_str(kernel_size));
-  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values, got ", to_str(stride));
-  TORCH_CHECK(padding.size() == 2, op, ": padding must have 2 values, got ", to_str(padding));
-  TORCH_CHECK(dilation.size() == 2, op, ": dilation must have 2 values, got ", to_str(dilation));
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op, ": kernel size should be greater than zero, but got ",
-              to_str(kernel_size));
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride should be greater than zero, but got ", to_str(stride));
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation should be greater than zero, but got ",
-              to_str(dilation));
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": pad must be non-negative, but got pad: ", to_str(padding));
-  for (int d = 0; d < 2; ++d) {
-    const int64_t limit = max_pool ? ((kernel_size[d] - 1) * dilation[d] + 1) / 2 : kernel_size[d] / 2;
-    TORCH_CHECK(padding[d] <= limit, op, ": pad should be at most half of ", max_pool ? "effective " : "",
-                "kernel size, but got pad=", padding[d], ", kernel_size=", kernel_size[d],
-                max_pool ? " and dilation=" + std::to_string(dilation[d]) : std::string());
-  }
+// The input must be (C, H, W) or (N, C, H, W); `first_nonempty_dim` is the first dim that may not be 0
+// (torch allows an empty batch everywhere, and an empty channel dim for some ops).
+inline void check_pool_input_dims(const char* op, const at::Tensor& input, int64_t first_nonempty_dim) {
+  TORCH_CHECK(input.defined(), op, ": input must be a defined tensor");
   const int64_t dims = input.dim();
   TORCH_CHECK(dims == 3 || dims == 4, op, ": expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got input of size ",
               to_str(input.sizes()));
-  for (int64_t d = dims - 3; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": expected input with non-zero channel and spatial sizes (batch may be 0), "
-                "but got input of size ", to_str(input.sizes()));
+  for (int64_t d = first_nonempty_dim; d < dims; ++d)
+    TORCH_CHECK(input.size(d) > 0, op, ": expected input with non-zero ", d >= dims - 2 ? "spatial" : "channel",
+                " sizes (only the batch may be empty), but got input of size ", to_str(input.sizes()));
+}
 
+inline PoolGeometry pool_planes_of(const at::Tensor& input) {
+  const int64_t dims = input.dim();
   PoolGeometry g;
-  g.planes = input.numel() / (input.size(dims - 1) * input.size(dims - 2));
   g.in_h = input.size(dims - 2);
   g.in_w = input.size(dims - 1);
+  g.planes = 1;
+  for (int64_t d = 0; d < dims - 2; ++d) g.planes *= input.size(d);
+  return g;
+}
+
+// Validates a windowed pooling call (max or avg) on a 3-D (C, H, W) or 4-D (N, C, H, W) input.
+// Padding may be at most half the kernel for both kinds: torch also checks max pooling against half
+// the dilated kernel, but its kernel / 2 check is the stricter one, so dilation never enlarges the limit.
+inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef kernel_size,
+                                 c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                 bool ceil_mode, bool max_pool) {
+  TORCH_CHECK(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got kernel_size=", to_str(kernel_size));
+  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values, got stride=", to_str(stride));
+  TORCH_CHECK(padding.size() == 2, op, ": padding must have 2 values, got padding=", to_str(padding));
+  TORCH_CHECK(dilation.size() == 2, op, ": dilation must have 2 values, got dilation=", to_str(dilation));
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op,
+              ": kernel size should be greater than zero, but got kernel_size=", to_str(kernel_size));
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride should be greater than zero, but got stride=",
+              to_str(stride));
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation should be greater than zero, but got dilation=",
+              to_str(dilation));
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, but got padding=",
+              to_str(padding));
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, op,
+              ": padding should be at most half of kernel size, but got padding=", to_str(padding),
+              " and kernel_size=", to_str(kernel_size),
+              max_pool ? " (dilation does not change this limit, dilation=" + to_str(dilation) + ")" : std::string());
+  check_pool_input_dims(op, input, input.dim() - 3);
+
+  PoolGeometry g = pool_planes_of(input);
   g.kernel_h = kernel_size[0];
   g.kernel_w = kernel_size[1];
   g.stride_h = stride[0];
@@ -236,9 +255,11 @@ inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::I
   g.dil_w = dilation[1];
   g.out_h = pooling_output_size(g.in_h, g.kernel_h, g.pad_h, g.stride_h, g.dil_h, ceil_mode);
   g.out_w = pooling_output_size(g.in_w, g.kernel_w, g.pad_w, g.stride_w, g.dil_w, ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": given input size (", input.size(dims - 3), " x ", g.in_h, " x ",
-              g.in_w, "), the calculated output size (", input.size(dims - 3), " x ", g.out_h, " x ", g.out_w,
-              ") is too small");
+  const int64_t channels = input.size(input.dim() - 3);
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": given input size (", channels, " x ", g.in_h, " x ", g.in_w,
+              "), the calculated output size (", channels, " x ", g.out_h, " x ", g.out_w,
+              ") is too small (kernel_size=", to_str(kernel_size), ", stride=", to_str(stride), ", padding=",
+              to_str(padding), ", dilation=", to_str(dilation), ", ceil_mode=", ceil_mode ? "True" : "False", ")");
   return g;
 }
 
@@ -246,20 +267,19 @@ inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::I
 inline int64_t adaptive_start(int64_t i, int64_t out, int64_t in) { return (i * in) / out; }
 inline int64_t adaptive_end(int64_t i, int64_t out, int64_t in) { return ((i + 1) * in + out - 1) / out; }
 
-inline PoolGeometry check_adaptive_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef output_size) {
-  TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 values, got ", to_str(output_size));
-  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, op, ": output_size must be non-negative, got ",
+// Validates an adaptive pooling call. Like torch, adaptive average pooling accepts an empty channel
+// dim; adaptive max pooling only does for an unbatched (C, H, W) input. An output size of 0 is
+// allowed (the result is empty).
+inline PoolGeometry check_adaptive_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef output_size,
+                                          bool max_pool = false) {
+  TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 values, got output_size=",
               to_str(output_size));
-  const int64_t dims = input.dim();
-  TORCH_CHECK(dims == 3 || dims == 4, op, ": expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got input of size ",
-              to_str(input.sizes()));
-  for (int64_t d = 1; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": expected input to have non-zero size for non-batch dimensions, but input has "
-                "sizes ", to_str(input.sizes()), " with dimension ", d, " being empty");
-  PoolGeometry g;
-  g.planes = input.numel() / (input.size(dims - 1) * input.size(dims - 2));
-  g.in_h = input.size(dims - 2);
-  g.in_w = input.size(dims - 1);
+  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, op,
+              ": elements of output_size must be greater than or equal to 0, but got output_size=",
+              to_str(output_size));
+  TORCH_CHECK(input.defined(), op, ": input must be a defined tensor");
+  check_pool_input_dims(op, input, max_pool ? 1 : input.dim() - 2);
+  PoolGeometry g = pool_planes_of(input);
   g.out_h = output_size[0];
   g.out_w = output_size[1];
   return g;
@@ -270,6 +290,26 @@ inline std::vector<int64_t> pool_output_sizes(const at::Tensor& input, const Poo
   sizes[sizes.size() - 2] = g.out_h;
   sizes[sizes.size() - 1] = g.out_w;
   return sizes;
+}
+
+// Checks for a pooling backward call: grad_output (and indices, when given) must have the shape the
+// forward op produced for this input, and dtypes and devices must agree.
+inline void check_pool_grad_output(const char* op, const at::Tensor& input, const PoolGeometry& g,
+                                   const at::Tensor& grad_output, const at::Tensor* indices) {
+  const std::vector<int64_t> expected = pool_output_sizes(input, g);
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
+              to_str(c10::IntArrayRef(expected)), ", but got ", to_str(grad_output.sizes()));
+  TORCH_CHECK(grad_output.device() == input.device(), op, ": grad_output is on ", grad_output.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype (", grad_output.scalar_type(),
+              ") and input dtype (", input.scalar_type(), ") should be the same");
+  if (indices != nullptr) {
+    TORCH_CHECK(indices->sizes() == c10::IntArrayRef(expected), op, ": expected indices of size ",
+                to_str(c10::IntArrayRef(expected)), ", but got ", to_str(indices->sizes()));
+    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64, but got ", indices->scalar_type());
+    TORCH_CHECK(indices->device() == input.device(), op, ": indices are on ", indices->device(), " but input is on ",
+                input.device());
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
