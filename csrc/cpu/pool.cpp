@@ -1,28 +1,41 @@
 // Max, average and adaptive pooling on CPU, forward and backward.
 //
 // Every op works on planes: the input is made NCHW-contiguous and viewed as (planes, H, W); threads
-// split the work over (plane, row) pairs with at::parallel_for.
+// split the work over rows of planes with at::parallel_for.
 //
-// Forward kernels build one output row at a time. Within a row, the columns whose whole window lies
-// inside the input ("interior") are updated tap by tap with a branch-free loop along W that the
-// compiler vectorises; the few edge columns next to the padding use a checked loop. Every output cell
-// still sees its taps in torch's order (kernel row, then kernel column), so ties, NaNs and sums come
-// out exactly as torch's.
+// Forward kernels build one output row at a time (cpu/pool_kernels.h): the columns whose window lies
+// wholly inside the input go through vectorised loops along W, the edge columns next to the padding
+// through checked scalar loops, and every output cell sees its taps in torch's order, so ties, NaNs
+// and sums come out exactly as torch's. The row kernels are compiled for AVX-512, AVX2 and baseline
+// x86-64 and picked at run time by active_cpu_isa() (FASTCONV_CPU_ISA can force a narrower one).
 //
-// Backward kernels gather: each input-gradient element is summed by one thread, over the output
-// cells whose window reads it, in ascending output order. That is deterministic (no atomics) and adds
-// the same terms in the same order as torch's sequential scatter.
+// Backward kernels are deterministic without atomics: one thread owns one input-gradient row and adds
+// into it every term that belongs there, in ascending output order (the order of torch's sequential
+// scatter, so the sums are the same).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "common/cpu_features.h"
 #include "common/shapes.h"
+
+// Per-ISA compilation needs GCC's `#pragma GCC target`; the explicit SIMD code uses GCC's vector
+// extensions. Other compilers build the baseline kernels only.
+#if FASTCONV_HAS_ISA_VARIANTS && defined(__GNUC__) && !defined(__clang__)
+#define FASTCONV_POOL_ISA_VARIANTS 1
+#define FASTCONV_POOL_VECTOR_EXTENSIONS 1
+#else
+#define FASTCONV_POOL_ISA_VARIANTS 0
+#define FASTCONV_POOL_VECTOR_EXTENSIONS 0
+#endif
 
 namespace fastconv::cpu {
 namespace {
@@ -40,22 +53,21 @@ int64_t grain_for(int64_t steps_per_item) {
 
 // Output columns [lo, hi) whose every tap (0 .. span, span = dilation * (kernel - 1)) reads a real
 // input column; the columns outside it touch padding or run past the end (ceil mode).
-OutputRange interior_outputs(int64_t out, int64_t in, int64_t stride, int64_t pad, int64_t span) {
+inline OutputRange interior_outputs(int64_t out, int64_t in, int64_t stride, int64_t pad, int64_t span) {
   const int64_t lo = valid_output_range(out, in, stride, pad, 0).lo;
   const int64_t hi = valid_output_range(out, in, stride, pad, span).hi;
   return {lo, std::max(lo, hi)};
 }
 
 // Kernel taps k in [lo, hi) of a window starting at `start` (step `dilation`) that land in [0, in).
-OutputRange taps_inside(int64_t start, int64_t kernel, int64_t dilation, int64_t in) {
+inline OutputRange taps_inside(int64_t start, int64_t kernel, int64_t dilation, int64_t in) {
   const int64_t lo = start < 0 ? (-start + dilation - 1) / dilation : 0;
   const int64_t hi = start >= in ? 0 : std::min(kernel, (in - start + dilation - 1) / dilation);
   return {lo, std::max(lo, hi)};
 }
 
-// For every input position along one axis, the output positions whose window reads it, ascending
-// (compressed rows: outputs_of(i) = outputs[offsets[i] .. offsets[i + 1])). Built once per call and
-// shared by all planes, it turns every backward kernel into a gather.
+// For every input row, the output rows whose window reads it, ascending (compressed rows:
+// outputs_of(i) = outputs[offsets[i] .. offsets[i + 1])). Built once per call and shared by all planes.
 struct AxisReaders {
   std::vector<int64_t> offsets, outputs;
 
@@ -84,236 +96,18 @@ struct AxisReaders {
       for (int64_t i = adaptive_start(o, out, in); i < adaptive_end(o, out, in); ++i) visit(i);
     });
   }
-
-  const int64_t* begin(int64_t i) const { return outputs.data() + offsets[i]; }
-  const int64_t* end(int64_t i) const { return outputs.data() + offsets[i + 1]; }
 };
 
-// A value replaces the running maximum if it is larger or NaN (torch's rule: a NaN wins, and the last
-// NaN of the window gives the index; among equal values the first one wins).
-template <typename scalar_t>
-inline bool replaces_max(scalar_t v, scalar_t best) {
-  return v > best || v != v;
-}
-
-// ---------------------------------------------------------------------------------------------
-// max_pool2d
-// ---------------------------------------------------------------------------------------------
-
-// Updates out[j], idx[j] (j < n) with the tap src[j * stride], whose flat input index is
-// first_index + j * stride. Branch-free so that it vectorises; kStride > 0 fixes the stride at compile
-// time for the common cases.
-template <typename scalar_t, int64_t kStride>
-inline void max_update_run(const scalar_t* src, int64_t first_index, int64_t stride, int64_t n, scalar_t* out,
-                           int64_t* idx) {
-  const int64_t s = kStride > 0 ? kStride : stride;
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t v = src[j * s];
-    const bool take = replaces_max(v, out[j]);
-    out[j] = take ? v : out[j];
-    idx[j] = take ? first_index + j * s : idx[j];
-  }
-}
-
-template <typename scalar_t>
-void max_pool_row(const PoolGeometry& g, const OutputRange& interior, const scalar_t* plane, int64_t oh,
-                  scalar_t* out, int64_t* idx) {
-  const int64_t h0 = oh * g.stride_h - g.pad_h;
-  const OutputRange rows = taps_inside(h0, g.kernel_h, g.dil_h, g.in_h);
-  // torch's index for a window with no tap inside the input: its first row and column at or after 0.
-  const int64_t first_row = h0 + rows.lo * g.dil_h;
-  for (int64_t ow = 0; ow < g.out_w; ++ow) {
-    const int64_t w0 = ow * g.stride_w - g.pad_w;
-    out[ow] = -std::numeric_limits<scalar_t>::infinity();
-    idx[ow] = first_row * g.in_w + w0 + taps_inside(w0, g.kernel_w, g.dil_w, g.in_w).lo * g.dil_w;
-  }
-  auto edge_column = [&](const scalar_t* row, int64_t row_index, int64_t ow) {
-    const int64_t w0 = ow * g.stride_w - g.pad_w;
-    const OutputRange cols = taps_inside(w0, g.kernel_w, g.dil_w, g.in_w);
-    for (int64_t kj = cols.lo; kj < cols.hi; ++kj) {
-      const int64_t iw = w0 + kj * g.dil_w;
-      if (replaces_max(row[iw], out[ow])) {
-        out[ow] = row[iw];
-        idx[ow] = row_index + iw;
-      }
-    }
-  };
-  const int64_t n = interior.hi - interior.lo;
-  for (int64_t ki = rows.lo; ki < rows.hi; ++ki) {
-    const int64_t ih = h0 + ki * g.dil_h;
-    const scalar_t* row = plane + ih * g.in_w;
-    const int64_t row_index = ih * g.in_w;
-    for (int64_t ow = 0; ow < interior.lo; ++ow) edge_column(row, row_index, ow);
-    for (int64_t kj = 0; kj < g.kernel_w && n > 0; ++kj) {
-      const int64_t iw = interior.lo * g.stride_w - g.pad_w + kj * g.dil_w;
-      scalar_t* o = out + interior.lo;
-      int64_t* x = idx + interior.lo;
-      if (g.stride_w == 1) max_update_run<scalar_t, 1>(row + iw, row_index + iw, 1, n, o, x);
-      else if (g.stride_w == 2) max_update_run<scalar_t, 2>(row + iw, row_index + iw, 2, n, o, x);
-      else max_update_run<scalar_t, 0>(row + iw, row_index + iw, g.stride_w, n, o, x);
-    }
-    for (int64_t ow = interior.hi; ow < g.out_w; ++ow) edge_column(row, row_index, ow);
-  }
-}
-
-template <typename scalar_t>
-void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
-  const OutputRange interior =
-      interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1));
-  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.out_h, oh = r % g.out_h;
-      max_pool_row(g, interior, in + p * g.in_plane(), oh, out + r * g.out_w, idx + r * g.out_w);
-    }
-  });
-}
-
-// Gradient of max pooling (windowed or adaptive): input element i of a plane collects grad_output
-// of every output cell that reads it and chose it as its maximum.
-template <typename scalar_t>
-void max_pool_backward_kernel(const PoolGeometry& g, const AxisReaders& readers_h, const AxisReaders& readers_w,
-                              const scalar_t* grad_out, const int64_t* idx, scalar_t* grad_in) {
-  at::parallel_for(0, g.planes * g.in_h, grain_for(g.in_w * 4), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.in_h, ih = r % g.in_h;
-      const scalar_t* go = grad_out + p * g.out_plane();
-      const int64_t* ix = idx + p * g.out_plane();
-      scalar_t* gi = grad_in + r * g.in_w;
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
-        const int64_t target = ih * g.in_w + iw;
-        scalar_t acc = 0;
-        for (const int64_t* oh = readers_h.begin(ih); oh != readers_h.end(ih); ++oh) {
-          const int64_t row = *oh * g.out_w;
-          for (const int64_t* ow = readers_w.begin(iw); ow != readers_w.end(iw); ++ow)
-            if (ix[row + *ow] == target) acc += go[row + *ow];
-        }
-        gi[iw] = acc;
-      }
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// avg_pool2d
-// ---------------------------------------------------------------------------------------------
-
-struct AvgOptions {
-  bool count_include_pad = true;
-  std::optional<int64_t> divisor_override;
+// A read-only view of AxisReaders as plain pointers (what the ISA-compiled kernels take).
+struct ReadersView {
+  const int64_t* offsets;
+  const int64_t* outputs;
+  explicit ReadersView(const AxisReaders& r) : offsets(r.offsets.data()), outputs(r.outputs.data()) {}
+  const int64_t* begin(int64_t i) const { return outputs + offsets[i]; }
+  const int64_t* end(int64_t i) const { return outputs + offsets[i + 1]; }
 };
 
-// Divisor of every output cell, as torch defines it: divisor_override if given; else the window size,
-// clipped to the padded input (count_include_pad) or to the input itself. It factors into a row part
-// and a column part. A window with no input element gets 0 (its output is 0).
-struct AvgDivisors {
-  std::vector<int64_t> padded_h, padded_w, real_h, real_w;
-
-  static void axis(int64_t out, int64_t in, int64_t kernel, int64_t stride, int64_t pad, std::vector<int64_t>& padded,
-                   std::vector<int64_t>& real) {
-    padded.resize(out);
-    real.resize(out);
-    for (int64_t o = 0; o < out; ++o) {
-      const int64_t start = o * stride - pad;
-      const int64_t end = std::min(start + kernel, in + pad);
-      padded[o] = end - start;
-      real[o] = std::max<int64_t>(0, std::min(end, in) - std::max<int64_t>(start, 0));
-    }
-  }
-
-  AvgDivisors(const PoolGeometry& g) {
-    axis(g.out_h, g.in_h, g.kernel_h, g.stride_h, g.pad_h, padded_h, real_h);
-    axis(g.out_w, g.in_w, g.kernel_w, g.stride_w, g.pad_w, padded_w, real_w);
-  }
-
-  bool empty(int64_t oh, int64_t ow) const { return real_h[oh] == 0 || real_w[ow] == 0; }
-  int64_t at(const AvgOptions& opt, int64_t oh, int64_t ow) const {
-    if (opt.divisor_override.has_value()) return *opt.divisor_override;
-    return opt.count_include_pad ? padded_h[oh] * padded_w[ow] : real_h[oh] * real_w[ow];
-  }
-};
-
-template <typename scalar_t, int64_t kStride>
-inline void add_run(const scalar_t* src, int64_t stride, int64_t n, scalar_t* out) {
-  const int64_t s = kStride > 0 ? kStride : stride;
-  for (int64_t j = 0; j < n; ++j) out[j] += src[j * s];
-}
-
-template <typename scalar_t>
-void avg_pool_row(const PoolGeometry& g, const AvgOptions& opt, const AvgDivisors& div, const OutputRange& interior,
-                  const scalar_t* plane, int64_t oh, scalar_t* out) {
-  const int64_t h0 = oh * g.stride_h - g.pad_h;
-  const OutputRange rows = taps_inside(h0, g.kernel_h, 1, g.in_h);
-  std::fill(out, out + g.out_w, scalar_t(0));
-  auto edge_column = [&](const scalar_t* row, int64_t ow) {
-    const int64_t w0 = ow * g.stride_w - g.pad_w;
-    const OutputRange cols = taps_inside(w0, g.kernel_w, 1, g.in_w);
-    for (int64_t kj = cols.lo; kj < cols.hi; ++kj) out[ow] += row[w0 + kj];
-  };
-  const int64_t n = interior.hi - interior.lo;
-  for (int64_t ki = rows.lo; ki < rows.hi; ++ki) {
-    const scalar_t* row = plane + (h0 + ki) * g.in_w;
-    for (int64_t ow = 0; ow < interior.lo; ++ow) edge_column(row, ow);
-    for (int64_t kj = 0; kj < g.kernel_w && n > 0; ++kj) {
-      const scalar_t* src = row + interior.lo * g.stride_w - g.pad_w + kj;
-      if (g.stride_w == 1) add_run<scalar_t, 1>(src, 1, n, out + interior.lo);
-      else if (g.stride_w == 2) add_run<scalar_t, 2>(src, 2, n, out + interior.lo);
-      else add_run<scalar_t, 0>(src, g.stride_w, n, out + interior.lo);
-    }
-    for (int64_t ow = interior.hi; ow < g.out_w; ++ow) edge_column(row, ow);
-  }
-  for (int64_t ow = 0; ow < g.out_w; ++ow)
-    out[ow] = div.empty(oh, ow) ? scalar_t(0) : out[ow] / static_cast<scalar_t>(div.at(opt, oh, ow));
-}
-
-template <typename scalar_t>
-void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const scalar_t* in, scalar_t* out) {
-  const AvgDivisors div(g);
-  const OutputRange interior = interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1);
-  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.out_h, oh = r % g.out_h;
-      avg_pool_row(g, opt, div, interior, in + p * g.in_plane(), oh, out + r * g.out_w);
-    }
-  });
-}
-
-// Gradient of an average (windowed or adaptive): every input element sums the output gradients of the
-// windows that contain it, each already divided by its window's divisor (`scaled_grad_out`).
-template <typename scalar_t>
-void avg_pool_backward_gather(const PoolGeometry& g, const AxisReaders& readers_h, const AxisReaders& readers_w,
-                              const scalar_t* scaled_grad_out, scalar_t* grad_in) {
-  at::parallel_for(0, g.planes * g.in_h, grain_for(g.in_w * 4), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.in_h, ih = r % g.in_h;
-      const scalar_t* go = scaled_grad_out + p * g.out_plane();
-      scalar_t* gi = grad_in + r * g.in_w;
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
-        scalar_t acc = 0;
-        for (const int64_t* oh = readers_h.begin(ih); oh != readers_h.end(ih); ++oh) {
-          const scalar_t* go_row = go + *oh * g.out_w;
-          for (const int64_t* ow = readers_w.begin(iw); ow != readers_w.end(iw); ++ow) acc += go_row[*ow];
-        }
-        gi[iw] = acc;
-      }
-    }
-  });
-}
-
-// grad_output / divisor for every output cell (torch divides before scattering; so do we).
-template <typename scalar_t, typename DivisorFn>
-void scale_grad_output(const PoolGeometry& g, const scalar_t* grad_out, scalar_t* scaled, DivisorFn divide) {
-  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t oh = r % g.out_h;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) scaled[r * g.out_w + ow] = divide(grad_out[r * g.out_w + ow], oh, ow);
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Adaptive pooling
-// ---------------------------------------------------------------------------------------------
-
+// Adaptive windows: output cell o covers input [o0[o], o1[o]) along each axis.
 struct AdaptiveWindows {
   std::vector<int64_t> h0, h1, w0, w1;
   explicit AdaptiveWindows(const PoolGeometry& g) : h0(g.out_h), h1(g.out_h), w0(g.out_w), w1(g.out_w) {
@@ -326,35 +120,192 @@ struct AdaptiveWindows {
       w1[o] = adaptive_end(o, g.out_w, g.in_w);
     }
   }
+  // Input cells of the largest window: a measure of the work per output cell.
+  int64_t largest_window() const {
+    int64_t kh = 0, kw = 0;
+    for (size_t o = 0; o < h0.size(); ++o) kh = std::max(kh, h1[o] - h0[o]);
+    for (size_t o = 0; o < w0.size(); ++o) kw = std::max(kw, w1[o] - w0[o]);
+    return kh * kw;
+  }
+};
+
+struct AdaptiveWindowView {
+  const int64_t *h0, *h1, *w0, *w1;
+  explicit AdaptiveWindowView(const AdaptiveWindows& w)
+      : h0(w.h0.data()), h1(w.h1.data()), w0(w.w0.data()), w1(w.w1.data()) {}
+};
+
+struct AvgOptions {
+  bool count_include_pad = true;
+  std::optional<int64_t> divisor_override;
+};
+
+// Divisor of every output cell (oh, ow), as torch defines it: divisor_override if given; else the
+// window size, clipped to the padded input (count_include_pad) or to the input itself. A window with no
+// input element gets 1: its sum, and so its output, is 0, as in torch.
+template <typename scalar_t>
+std::vector<scalar_t> avg_divisors(const PoolGeometry& g, const AvgOptions& opt) {
+  struct Extent {
+    int64_t padded, real;
+  };
+  auto extent = [](int64_t o, int64_t in, int64_t kernel, int64_t stride, int64_t pad) {
+    const int64_t start = o * stride - pad;
+    const int64_t end = std::min(start + kernel, in + pad);
+    return Extent{end - start, std::max<int64_t>(0, std::min(end, in) - std::max<int64_t>(start, 0))};
+  };
+  std::vector<scalar_t> divisors(g.out_h * g.out_w);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const Extent h = extent(oh, g.in_h, g.kernel_h, g.stride_h, g.pad_h);
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const Extent w = extent(ow, g.in_w, g.kernel_w, g.stride_w, g.pad_w);
+      int64_t divisor = opt.count_include_pad ? h.padded * w.padded : h.real * w.real;
+      if (opt.divisor_override.has_value()) divisor = *opt.divisor_override;
+      if (h.real == 0 || w.real == 0) divisor = 1;
+      divisors[oh * g.out_w + ow] = static_cast<scalar_t>(divisor);
+    }
+  }
+  return divisors;
+}
+
+// Arguments of the row kernels in cpu/pool_kernels.h.
+template <typename scalar_t>
+struct MaxPoolArgs {
+  const PoolGeometry* g;
+  OutputRange interior;
+  const scalar_t* in;
+  scalar_t* out;
+  int64_t* idx;
 };
 
 template <typename scalar_t>
-void adaptive_avg_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
-  const AdaptiveWindows win(g);
-  const int64_t cells_h = (g.in_h + g.out_h - 1) / g.out_h + 1, cells_w = (g.in_w + g.out_w - 1) / g.out_w + 1;
-  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * cells_h * cells_w), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.out_h, oh = r % g.out_h;
-      const scalar_t* plane = in + p * g.in_plane();
-      const int64_t kh = win.h1[oh] - win.h0[oh];
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t kw = win.w1[ow] - win.w0[ow];
-        scalar_t sum = 0;
-        for (int64_t ih = win.h0[oh]; ih < win.h1[oh]; ++ih) {
-          const scalar_t* row = plane + ih * g.in_w;
-          for (int64_t iw = win.w0[ow]; iw < win.w1[ow]; ++iw) sum += row[iw];
-        }
-        out[r * g.out_w + ow] = sum / kh / kw;
-      }
-    }
+struct AvgPoolArgs {
+  const PoolGeometry* g;
+  const scalar_t* divisors;  // out_h * out_w
+  OutputRange interior;
+  const scalar_t* in;
+  scalar_t* out;
+};
+
+template <typename scalar_t>
+struct AdaptiveAvgArgs {
+  const PoolGeometry* g;
+  AdaptiveWindowView win;
+  const scalar_t* in;
+  scalar_t* out;
+};
+
+template <typename scalar_t>
+struct AvgBackwardArgs {
+  const PoolGeometry* g;
+  ReadersView readers_h;
+  OutputRange interior;
+  const scalar_t* scaled_grad_out;  // grad_output already divided by each window's divisor
+  scalar_t* grad_in;
+};
+
+}  // namespace
+}  // namespace fastconv::cpu
+
+// The row kernels, once per instruction set (see the top of cpu/pool_kernels.h), each with vectors of
+// its native width. Vectors wider than the baseline's trigger GCC's ABI note (-Wpsabi) on functions
+// that pass them; those functions are internal, so the note does not apply.
+#if FASTCONV_POOL_ISA_VARIANTS
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define FASTCONV_POOL_ISA avx512
+#define FASTCONV_POOL_VECTOR_BYTES 64
+#include "cpu/pool_kernels.h"
+#undef FASTCONV_POOL_VECTOR_BYTES
+#undef FASTCONV_POOL_ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FASTCONV_POOL_ISA avx2
+#define FASTCONV_POOL_VECTOR_BYTES 32
+#include "cpu/pool_kernels.h"
+#undef FASTCONV_POOL_VECTOR_BYTES
+#undef FASTCONV_POOL_ISA
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
+#endif
+
+#define FASTCONV_POOL_ISA baseline
+#define FASTCONV_POOL_VECTOR_BYTES 16
+#include "cpu/pool_kernels.h"
+#undef FASTCONV_POOL_VECTOR_BYTES
+#undef FASTCONV_POOL_ISA
+
+// Calls <isa>::kernel(args...) for the widest instruction set this CPU and build allow.
+#if FASTCONV_POOL_ISA_VARIANTS
+#define FASTCONV_POOL_RUN(kernel, ...)                                        \
+  do {                                                                        \
+    switch (active_cpu_isa()) {                                               \
+      case CpuIsa::Avx512: avx512::kernel(__VA_ARGS__); break;                \
+      case CpuIsa::Avx2: avx2::kernel(__VA_ARGS__); break;                    \
+      default: baseline::kernel(__VA_ARGS__); break;                          \
+    }                                                                         \
+  } while (0)
+#else
+#define FASTCONV_POOL_RUN(kernel, ...) baseline::kernel(__VA_ARGS__)
+#endif
+
+namespace fastconv::cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Forward drivers
+// ---------------------------------------------------------------------------------------------
+
+template <typename scalar_t>
+void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
+  const MaxPoolArgs<scalar_t> args{&g, interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)),
+                                   in, out, idx};
+  const int64_t rows = g.planes * g.out_h, grain = grain_for(g.out_w * g.kernel_h * g.kernel_w);
+  // The largest index a row can report: an input position, or the past-the-end position torch reports
+  // for a window with no tap inside the input. float values pair with int32 indices when they fit
+  // (equal vector lengths); double values always pair with int64.
+  const int64_t largest_index = (g.in_h + g.dil_h * g.kernel_h) * g.in_w + g.in_w + g.dil_w * g.kernel_w;
+  if (std::is_same_v<scalar_t, float> && largest_index <= std::numeric_limits<int32_t>::max()) {
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      std::vector<int32_t> narrow(g.out_w);
+      FASTCONV_POOL_RUN(max_pool_rows<scalar_t>, args, r0, r1, narrow.data());
+    });
+  } else {
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      FASTCONV_POOL_RUN(max_pool_rows<scalar_t>, args, r0, r1, static_cast<int64_t*>(nullptr));
+    });
+  }
+}
+
+template <typename scalar_t>
+void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const scalar_t* in, scalar_t* out) {
+  const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
+  const AvgPoolArgs<scalar_t> args{&g, divisors.data(),
+                                   interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1), in, out};
+  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
+    FASTCONV_POOL_RUN(avg_pool_rows<scalar_t>, args, r0, r1);
   });
 }
 
 template <typename scalar_t>
+void adaptive_avg_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+  const AdaptiveWindows win(g);
+  const AdaptiveAvgArgs<scalar_t> args{&g, AdaptiveWindowView(win), in, out};
+  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * win.largest_window()), [&](int64_t r0, int64_t r1) {
+    std::vector<scalar_t> column_sums(g.in_w);
+    FASTCONV_POOL_RUN(adaptive_avg_rows<scalar_t>, args, r0, r1, column_sums.data());
+  });
+}
+
+// Each output cell scans its window in torch's order (row by row), keeping the first maximum or the
+// last NaN.
+template <typename scalar_t>
 void adaptive_max_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
   const AdaptiveWindows win(g);
-  const int64_t cells_h = (g.in_h + g.out_h - 1) / g.out_h + 1, cells_w = (g.in_w + g.out_w - 1) / g.out_w + 1;
-  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * cells_h * cells_w), [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * win.largest_window()), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t p = r / g.out_h, oh = r % g.out_h;
       const scalar_t* plane = in + p * g.in_plane();
@@ -364,7 +315,7 @@ void adaptive_max_forward_kernel(const PoolGeometry& g, const scalar_t* in, scal
         for (int64_t ih = win.h0[oh]; ih < win.h1[oh]; ++ih) {
           const scalar_t* row = plane + ih * g.in_w;
           for (int64_t iw = win.w0[ow]; iw < win.w1[ow]; ++iw) {
-            if (replaces_max(row[iw], best)) {
+            if (row[iw] > best || row[iw] != row[iw]) {
               best = row[iw];
               best_index = ih * g.in_w + iw;
             }
@@ -373,6 +324,69 @@ void adaptive_max_forward_kernel(const PoolGeometry& g, const scalar_t* in, scal
         out[r * g.out_w + ow] = best;
         idx[r * g.out_w + ow] = best_index;
       }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward drivers
+// ---------------------------------------------------------------------------------------------
+// One thread owns one input-gradient row (plane p, input row ih): it visits, in ascending order, the
+// output rows whose windows read row ih and, within each, the output columns in ascending order. Every
+// input-gradient element therefore gets its terms in ascending output order, from one thread.
+
+// Max pooling (windowed or adaptive): an output cell sends its gradient to the input element its index
+// names, when that element is on this thread's row. Indices outside the row (or the plane) are skipped.
+template <typename scalar_t>
+void max_pool_backward_kernel(const PoolGeometry& g, const AxisReaders& readers, const scalar_t* grad_out,
+                              const int64_t* idx, scalar_t* grad_in) {
+  const ReadersView readers_h(readers);
+  at::parallel_for(0, g.planes * g.in_h, grain_for(g.out_w * 2), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t p = r / g.in_h, ih = r % g.in_h;
+      scalar_t* gi = grad_in + r * g.in_w;
+      std::fill(gi, gi + g.in_w, scalar_t(0));
+      const int64_t row_begin = ih * g.in_w;
+      for (const int64_t* oh = readers_h.begin(ih); oh != readers_h.end(ih); ++oh) {
+        const int64_t offset = p * g.out_plane() + *oh * g.out_w;
+        const scalar_t* go = grad_out + offset;
+        const int64_t* ix = idx + offset;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          // One unsigned compare tests row_begin <= ix < row_begin + in_w.
+          const uint64_t col = static_cast<uint64_t>(ix[ow] - row_begin);
+          if (col < static_cast<uint64_t>(g.in_w)) gi[col] += go[ow];
+        }
+      }
+    }
+  });
+}
+
+// Adaptive average pooling: each output cell adds its divided gradient to its window's columns.
+template <typename scalar_t>
+void adaptive_avg_backward_kernel(const PoolGeometry& g, const AdaptiveWindows& win, const AxisReaders& readers,
+                                  const scalar_t* scaled_grad_out, scalar_t* grad_in) {
+  const ReadersView readers_h(readers);
+  at::parallel_for(0, g.planes * g.in_h, grain_for(g.in_w * 2), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t p = r / g.in_h, ih = r % g.in_h;
+      scalar_t* gi = grad_in + r * g.in_w;
+      std::fill(gi, gi + g.in_w, scalar_t(0));
+      for (const int64_t* oh = readers_h.begin(ih); oh != readers_h.end(ih); ++oh) {
+        const scalar_t* go = scaled_grad_out + p * g.out_plane() + *oh * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow)
+          for (int64_t iw = win.w0[ow]; iw < win.w1[ow]; ++iw) gi[iw] += go[ow];
+      }
+    }
+  });
+}
+
+// grad_output / divisor for every output cell (torch divides before scattering; so do we).
+template <typename scalar_t, typename DivideFn>
+void scale_grad_output(const PoolGeometry& g, const scalar_t* grad_out, scalar_t* scaled, DivideFn divide) {
+  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r % g.out_h;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) scaled[r * g.out_w + ow] = divide(grad_out[r * g.out_w + ow], oh, ow);
     }
   });
 }
@@ -410,9 +424,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
   const AxisReaders readers_h = AxisReaders::windowed(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h);
-  const AxisReaders readers_w = AxisReaders::windowed(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dil_w);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward", [&] {
-    max_pool_backward_kernel<scalar_t>(g, readers_h, readers_w, grad_output_c.const_data_ptr<scalar_t>(),
+    max_pool_backward_kernel<scalar_t>(g, readers_h, grad_output_c.const_data_ptr<scalar_t>(),
                                        indices_c.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
@@ -450,16 +463,17 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   if (g.planes == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   at::Tensor scaled = at::empty(grad_output_c.sizes(), grad_output_c.options());
-  const AvgDivisors div(g);
   const AxisReaders readers_h = AxisReaders::windowed(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, 1);
-  const AxisReaders readers_w = AxisReaders::windowed(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, 1);
+  const OutputRange interior = interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
+    const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
     scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(),
-                                [&](scalar_t go, int64_t oh, int64_t ow) {
-                                  return div.empty(oh, ow) ? scalar_t(0) : go / static_cast<scalar_t>(div.at(opt, oh, ow));
-                                });
-    avg_pool_backward_gather<scalar_t>(g, readers_h, readers_w, scaled.const_data_ptr<scalar_t>(),
-                                       grad_input.mutable_data_ptr<scalar_t>());
+                                [&](scalar_t go, int64_t oh, int64_t ow) { return go / divisors[oh * g.out_w + ow]; });
+    const AvgBackwardArgs<scalar_t> args{&g, ReadersView(readers_h), interior, scaled.const_data_ptr<scalar_t>(),
+                                         grad_input.mutable_data_ptr<scalar_t>()};
+    at::parallel_for(0, g.planes * g.in_h, grain_for(g.out_w * g.kernel_w * 2), [&](int64_t r0, int64_t r1) {
+      FASTCONV_POOL_RUN(avg_pool_backward_rows<scalar_t>, args, r0, r1);
+    });
   });
   return grad_input;
 }
@@ -496,14 +510,13 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
   at::Tensor scaled = at::empty(grad_output_c.sizes(), grad_output_c.options());
   const AdaptiveWindows win(g);
   const AxisReaders readers_h = AxisReaders::adaptive(g.in_h, g.out_h);
-  const AxisReaders readers_w = AxisReaders::adaptive(g.in_w, g.out_w);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
     scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(),
                                 [&](scalar_t go, int64_t oh, int64_t ow) {
                                   return go / (win.h1[oh] - win.h0[oh]) / (win.w1[ow] - win.w0[ow]);
                                 });
-    avg_pool_backward_gather<scalar_t>(g, readers_h, readers_w, scaled.const_data_ptr<scalar_t>(),
-                                       grad_input.mutable_data_ptr<scalar_t>());
+    adaptive_avg_backward_kernel<scalar_t>(g, win, readers_h, scaled.const_data_ptr<scalar_t>(),
+                                           grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
 }
@@ -534,9 +547,8 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
   const AxisReaders readers_h = AxisReaders::adaptive(g.in_h, g.out_h);
-  const AxisReaders readers_w = AxisReaders::adaptive(g.in_w, g.out_w);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d_backward", [&] {
-    max_pool_backward_kernel<scalar_t>(g, readers_h, readers_w, grad_output_c.const_data_ptr<scalar_t>(),
+    max_pool_backward_kernel<scalar_t>(g, readers_h, grad_output_c.const_data_ptr<scalar_t>(),
                                        indices_c.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
