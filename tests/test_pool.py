@@ -1,11 +1,16 @@
 """Pooling on CPU (max, avg, adaptive; 1-D and 2-D) against torch.nn.functional: values, indices,
 gradients, layouts, ops, compile, errors."""
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastconv
 from fastconv import functional as FC
 
 ops = torch.ops.fastconv
@@ -277,6 +282,73 @@ def test_noncontiguous_and_channels_last(name, kwargs):
         _compare(lambda t: _call(name, FC, t, kwargs), lambda t: _call(name, F, t, kwargs), x, torch.float64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [20, 48])
+def test_channels_last_kernel(channels, dtype):
+    # Channels-last inputs with at least one vector of channels are pooled without an NCHW copy,
+    # vectorised over channels; 20 and 48 channels also exercise the overlapping last channel block.
+    x = torch.randn(2, channels, 11, 10, dtype=dtype)
+    x[0, 3, 4, 4] = float("nan")
+    x[1, 7, 2:5, 2:5] = float("-inf")
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    for k, s, p, d, ceil in [(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 2, True), ((2, 3), (1, 2), (1, 0), 1, False)]:
+        ours = FC.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        theirs = F.max_pool2d(x.detach().contiguous(), k, s, p, d, ceil, return_indices=True)
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1])
+        for count_include_pad, divisor in [(True, None), (False, None), (True, 5)]:
+            if d != 1:
+                continue
+            ours = FC.avg_pool2d(x, k, s, p, ceil, count_include_pad, divisor)
+            theirs = F.avg_pool2d(x.detach().contiguous(), k, s, p, ceil, count_include_pad, divisor)
+            torch.testing.assert_close(ours, theirs, equal_nan=True, **TOL[dtype])
+    clean = torch.randn(2, channels, 9, 9, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    clean.requires_grad_()
+    _compare(lambda t: FC.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), clean, dtype)
+    _compare(lambda t: FC.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1), clean, dtype)
+
+
+_ISA_CHECK = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    import fastconv, fastconv.functional as FC
+    assert fastconv.build_info()["cpu_isa"] == "{isa}", fastconv.build_info()
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for shape in [(2, 3, 13, 37), (1, 20, 9, 40)]:
+            x = torch.randn(shape, dtype=dtype)
+            x[0, 0, 1, 5] = float("nan")
+            for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+                for k, s, p, d in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1), (3, 4, 1, 1)]:
+                    a, b = FC.max_pool2d(layout, k, s, p, d, True, True), F.max_pool2d(x, k, s, p, d, True, True)
+                    assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0], equal_nan=True), (k, s, p, d)
+                    if d == 1:
+                        a, b = FC.avg_pool2d(layout, k, s, p, True, False), F.avg_pool2d(x, k, s, p, True, False)
+                        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True), (k, s, p)
+                a, b = FC.adaptive_avg_pool2d(layout, (4, 7)), F.adaptive_avg_pool2d(x, (4, 7))
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+            y = torch.randn(shape, dtype=dtype, requires_grad=True)
+            for fc, tf in [(lambda t: FC.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+                           (lambda t: FC.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1))]:
+                go = torch.randn_like(tf(y))
+                ga, = torch.autograd.grad(fc(y), y, go)
+                gb, = torch.autograd.grad(tf(y), y, go)
+                assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-6)
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_sets(isa):
+    # The kernels are compiled per instruction set and the widest the CPU has is picked once per
+    # process; FASTCONV_CPU_ISA forces a narrower one, so each variant runs in its own process.
+    if fastconv.build_info()["cpu_isa"] == "baseline" and isa != "baseline":
+        pytest.skip("this build or CPU has no wider kernels than the baseline")
+    env = dict(os.environ, FASTCONV_CPU_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", _ISA_CHECK.format(isa=isa)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("name", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
 def test_adaptive_empty_output(name):
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -469,3 +541,8 @@ def test_backward_ops_check_their_arguments():
         ops.avg_pool2d_backward(out.double(), x, [2, 2], [2, 2], [0, 0], False, True, None)
     with pytest.raises(RuntimeError, match="divisor_override"):
         ops.avg_pool2d(x, [2, 2], [2, 2], [0, 0], False, True, 0)
+    # Indices that name no element of the plane get no gradient (and never write out of bounds).
+    bad_idx = idx.clone()
+    bad_idx[0, 0, 0, 0], bad_idx[1, 2, 3, 3] = -5, 64
+    grad = ops.max_pool2d_backward(torch.ones_like(out), x, bad_idx, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    assert grad.sum().item() == out.numel() - 2

@@ -9,9 +9,9 @@
 // and sums come out exactly as torch's. The row kernels are compiled for AVX-512, AVX2 and baseline
 // x86-64 and picked at run time by active_cpu_isa() (FASTCONV_CPU_ISA can force a narrower one).
 //
-// Backward kernels are deterministic without atomics: one thread owns one input-gradient row and adds
-// into it every term that belongs there, in ascending output order (the order of torch's sequential
-// scatter, so the sums are the same).
+// Backward kernels are deterministic without atomics: each input-gradient element is summed by one
+// thread (the owner of its plane for max pooling, of its row for average pooling), which adds its terms
+// in ascending output order: the order of torch's sequential scatter, so the sums are bitwise the same.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -259,16 +259,76 @@ namespace {
 // Forward drivers
 // ---------------------------------------------------------------------------------------------
 
+// The largest index max pooling can report: an input position, or the past-the-end position torch
+// reports for a window with no tap inside the input. float values pair with int32 indices when they fit
+// (vectors of equal length); double values always pair with int64.
+bool indices_fit_int32(const PoolGeometry& g) {
+  const int64_t largest_index = (g.in_h + g.dil_h * g.kernel_h) * g.in_w + g.in_w + g.dil_w * g.kernel_w;
+  return largest_index <= std::numeric_limits<int32_t>::max();
+}
+
+// Lanes of one vector of the widest kernel variant in use (0 without explicit vector kernels).
+template <typename scalar_t>
+int64_t vector_lanes() {
+#if FASTCONV_POOL_VECTOR_EXTENSIONS
+  switch (active_cpu_isa()) {
+#if FASTCONV_POOL_ISA_VARIANTS
+    case CpuIsa::Avx512: return avx512::Vec<scalar_t>::kLanes;
+    case CpuIsa::Avx2: return avx2::Vec<scalar_t>::kLanes;
+#endif
+    default: return baseline::Vec<scalar_t>::kLanes;
+  }
+#else
+  return 0;
+#endif
+}
+
+// A channels-last input is pooled in place, vectorised over channels, instead of being copied to NCHW
+// first (that copy costs far more than the pooling). Needs at least one vector of channels.
+template <typename scalar_t>
+bool use_channels_last_kernel(const at::Tensor& input, const PoolGeometry& g) {
+  if (input.dim() != 4 || input.is_contiguous() || !input.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
+  const int64_t lanes = vector_lanes<scalar_t>();
+  return lanes > 0 && input.size(1) >= lanes && (!std::is_same_v<scalar_t, float> || indices_fit_int32(g));
+}
+
+template <typename scalar_t>
+void max_pool_forward_channels_last(const PoolGeometry& g, int64_t channels, const scalar_t* in, scalar_t* out,
+                                    int64_t* idx) {
+#if FASTCONV_POOL_VECTOR_EXTENSIONS
+  const MaxPoolArgs<scalar_t> args{&g, OutputRange{0, 0}, in, out, idx};
+  const int64_t images = g.planes / channels;
+  at::parallel_for(0, images * g.out_h, grain_for(g.out_w * channels * g.kernel_h * g.kernel_w),
+                   [&](int64_t r0, int64_t r1) {
+                     FASTCONV_POOL_RUN(max_pool_rows_channels_last<scalar_t>, args, channels, r0, r1);
+                   });
+#else
+  TORCH_INTERNAL_ASSERT(false, "max_pool2d: no channels-last kernel in this build");
+#endif
+}
+
+template <typename scalar_t>
+void avg_pool_forward_channels_last(const PoolGeometry& g, const AvgOptions& opt, int64_t channels,
+                                    const scalar_t* in, scalar_t* out) {
+#if FASTCONV_POOL_VECTOR_EXTENSIONS
+  const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
+  const AvgPoolArgs<scalar_t> args{&g, divisors.data(), OutputRange{0, 0}, in, out};
+  const int64_t images = g.planes / channels;
+  at::parallel_for(0, images * g.out_h, grain_for(g.out_w * channels * g.kernel_h * g.kernel_w),
+                   [&](int64_t r0, int64_t r1) {
+                     FASTCONV_POOL_RUN(avg_pool_rows_channels_last<scalar_t>, args, channels, r0, r1);
+                   });
+#else
+  TORCH_INTERNAL_ASSERT(false, "avg_pool2d: no channels-last kernel in this build");
+#endif
+}
+
 template <typename scalar_t>
 void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
   const MaxPoolArgs<scalar_t> args{&g, interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)),
                                    in, out, idx};
   const int64_t rows = g.planes * g.out_h, grain = grain_for(g.out_w * g.kernel_h * g.kernel_w);
-  // The largest index a row can report: an input position, or the past-the-end position torch reports
-  // for a window with no tap inside the input. float values pair with int32 indices when they fit
-  // (equal vector lengths); double values always pair with int64.
-  const int64_t largest_index = (g.in_h + g.dil_h * g.kernel_h) * g.in_w + g.in_w + g.dil_w * g.kernel_w;
-  if (std::is_same_v<scalar_t, float> && largest_index <= std::numeric_limits<int32_t>::max()) {
+  if (std::is_same_v<scalar_t, float> && indices_fit_int32(g)) {
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> narrow(g.out_w);
       FASTCONV_POOL_RUN(max_pool_rows<scalar_t>, args, r0, r1, narrow.data());
@@ -331,37 +391,36 @@ void adaptive_max_forward_kernel(const PoolGeometry& g, const scalar_t* in, scal
 // ---------------------------------------------------------------------------------------------
 // Backward drivers
 // ---------------------------------------------------------------------------------------------
-// One thread owns one input-gradient row (plane p, input row ih): it visits, in ascending order, the
-// output rows whose windows read row ih and, within each, the output columns in ascending order. Every
-// input-gradient element therefore gets its terms in ascending output order, from one thread.
+// Deterministic without atomics: every input-gradient element is summed by one thread, which adds its
+// terms in ascending output order (the order of torch's sequential scatter, so the sums are the same).
 
-// Max pooling (windowed or adaptive): an output cell sends its gradient to the input element its index
-// names, when that element is on this thread's row. Indices outside the row (or the plane) are skipped.
+// Max pooling (windowed or adaptive): one thread owns a plane's input gradient and adds each output
+// cell's gradient, in ascending output order, to the element its index names. The work per output is
+// one indexed add, so owning whole planes costs nothing in parallelism for a batch of channels.
+// Indices outside the plane (torch's past-the-end index of a window with no tap inside the input)
+// are skipped.
 template <typename scalar_t>
-void max_pool_backward_kernel(const PoolGeometry& g, const AxisReaders& readers, const scalar_t* grad_out,
-                              const int64_t* idx, scalar_t* grad_in) {
-  const ReadersView readers_h(readers);
-  at::parallel_for(0, g.planes * g.in_h, grain_for(g.out_w * 2), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t p = r / g.in_h, ih = r % g.in_h;
-      scalar_t* gi = grad_in + r * g.in_w;
-      std::fill(gi, gi + g.in_w, scalar_t(0));
-      const int64_t row_begin = ih * g.in_w;
-      for (const int64_t* oh = readers_h.begin(ih); oh != readers_h.end(ih); ++oh) {
-        const int64_t offset = p * g.out_plane() + *oh * g.out_w;
-        const scalar_t* go = grad_out + offset;
-        const int64_t* ix = idx + offset;
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          // One unsigned compare tests row_begin <= ix < row_begin + in_w.
-          const uint64_t col = static_cast<uint64_t>(ix[ow] - row_begin);
-          if (col < static_cast<uint64_t>(g.in_w)) gi[col] += go[ow];
-        }
+void max_pool_backward_kernel(const PoolGeometry& g, const scalar_t* grad_out, const int64_t* idx,
+                              scalar_t* grad_in) {
+  const int64_t in_plane = g.in_plane(), out_plane = g.out_plane();
+  at::parallel_for(0, g.planes, grain_for(in_plane + out_plane), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      scalar_t* gi = grad_in + p * in_plane;
+      const scalar_t* go = grad_out + p * out_plane;
+      const int64_t* ix = idx + p * out_plane;
+      std::fill(gi, gi + in_plane, scalar_t(0));
+      for (int64_t o = 0; o < out_plane; ++o) {
+        // One unsigned compare tests 0 <= ix < in_plane.
+        if (static_cast<uint64_t>(ix[o]) < static_cast<uint64_t>(in_plane)) gi[ix[o]] += go[o];
       }
     }
   });
 }
 
-// Adaptive average pooling: each output cell adds its divided gradient to its window's columns.
+// Adaptive average pooling (windowed average pooling does the same, vectorised, in pool_kernels.h):
+// one thread owns one input-gradient row (plane p, input row ih). It visits the output rows whose
+// windows read row ih (AxisReaders) in ascending order and, within each, the output columns in
+// ascending order, adding each cell's divided gradient to its window's elements on the row.
 template <typename scalar_t>
 void adaptive_avg_backward_kernel(const PoolGeometry& g, const AdaptiveWindows& win, const AxisReaders& readers,
                                   const scalar_t* scaled_grad_out, scalar_t* grad_in) {
@@ -404,8 +463,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, c10::
   at::Tensor out = at::empty(sizes, input.options());
   at::Tensor indices = at::empty(sizes, input.options().dtype(at::kLong));
   if (g.planes == 0) return {out, indices};
-  const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d", [&] {
+    if (use_channels_last_kernel<scalar_t>(input, g)) {
+      max_pool_forward_channels_last<scalar_t>(g, input.size(1), input.const_data_ptr<scalar_t>(),
+                                               out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
+      return;
+    }
+    const at::Tensor input_c = input.contiguous();
     max_pool_forward_kernel<scalar_t>(g, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                                       indices.mutable_data_ptr<int64_t>());
   });
@@ -423,9 +487,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   if (g.planes == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
-  const AxisReaders readers_h = AxisReaders::windowed(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dil_h);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward", [&] {
-    max_pool_backward_kernel<scalar_t>(g, readers_h, grad_output_c.const_data_ptr<scalar_t>(),
+    max_pool_backward_kernel<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(),
                                        indices_c.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
@@ -445,8 +508,13 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size,
   const AvgOptions opt = avg_options("avg_pool2d", count_include_pad, divisor_override);
   at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
   if (g.planes == 0) return out;
-  const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d", [&] {
+    if (use_channels_last_kernel<scalar_t>(input, g)) {
+      avg_pool_forward_channels_last<scalar_t>(g, opt, input.size(1), input.const_data_ptr<scalar_t>(),
+                                               out.mutable_data_ptr<scalar_t>());
+      return;
+    }
+    const at::Tensor input_c = input.contiguous();
     avg_pool_forward_kernel<scalar_t>(g, opt, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
   });
   return out;
@@ -546,9 +614,8 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
-  const AxisReaders readers_h = AxisReaders::adaptive(g.in_h, g.out_h);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d_backward", [&] {
-    max_pool_backward_kernel<scalar_t>(g, readers_h, grad_output_c.const_data_ptr<scalar_t>(),
+    max_pool_backward_kernel<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(),
                                        indices_c.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>());
   });
   return grad_input;

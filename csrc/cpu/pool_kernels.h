@@ -233,6 +233,94 @@ void max_pool_rows(const MaxPoolArgs<scalar_t>& a, int64_t r0, int64_t r1, index
   }
 }
 
+#if FASTCONV_POOL_VECTOR_EXTENSIONS
+// ---------------------------------------------------------------------------------------------
+// channels-last input
+// ---------------------------------------------------------------------------------------------
+// Input laid out (N, H, W, C) in memory, output NCHW-contiguous like every other fastconv pooling
+// output. Row r is (image n = r / out_h, output row oh = r % out_h). Each output pixel takes vectors
+// of channels through its window's taps in torch's order, then writes each channel's result to its
+// own plane. Needs channels >= kLanes; the last channel block moves back to end at `channels` and
+// recomputes a few channels rather than leaving a remainder.
+
+template <typename scalar_t, typename V>
+inline void scatter_channels(const V& values, scalar_t* out, int64_t plane_stride) {
+  for (int64_t l = 0; l < static_cast<int64_t>(sizeof(V) / sizeof(scalar_t)); ++l) out[l * plane_stride] = values[l];
+}
+
+template <typename scalar_t>
+void max_pool_rows_channels_last(const MaxPoolArgs<scalar_t>& a, int64_t channels, int64_t r0, int64_t r1) {
+  using L = Vec<scalar_t>;
+  using V = typename L::V;
+  using I = typename L::I;
+  using index_t = typename L::index_t;
+  const PoolGeometry& g = *a.g;
+  const int64_t out_plane = g.out_plane();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.out_h, oh = r % g.out_h;
+    const scalar_t* image = a.in + n * g.in_plane() * channels;
+    const int64_t h0 = oh * g.stride_h - g.pad_h;
+    const OutputRange rows = taps_inside(h0, g.kernel_h, g.dil_h, g.in_h);
+    const int64_t first_row = h0 + rows.lo * g.dil_h;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t w0 = ow * g.stride_w - g.pad_w;
+      const OutputRange cols = taps_inside(w0, g.kernel_w, g.dil_w, g.in_w);
+      const index_t start_index = static_cast<index_t>(first_row * g.in_w + w0 + cols.lo * g.dil_w);
+      const int64_t out_offset = n * channels * out_plane + oh * g.out_w + ow;
+      auto block = [&](int64_t c0) {
+        V b = V{} - std::numeric_limits<scalar_t>::infinity();
+        I bi = I{} + start_index;
+        for (int64_t ki = rows.lo; ki < rows.hi; ++ki) {
+          const int64_t ih = h0 + ki * g.dil_h;
+          for (int64_t kj = cols.lo; kj < cols.hi; ++kj) {
+            const int64_t iw = w0 + kj * g.dil_w;
+            const V v = load_vec<V>(image + (ih * g.in_w + iw) * channels + c0);
+            const I take = (v > b) | (v != v);
+            b = take ? v : b;
+            bi = take ? I{} + static_cast<index_t>(ih * g.in_w + iw) : bi;
+          }
+        }
+        scatter_channels(b, a.out + out_offset + c0 * out_plane, out_plane);
+        for (int64_t l = 0; l < L::kLanes; ++l) a.idx[out_offset + (c0 + l) * out_plane] = bi[l];
+      };
+      int64_t c0 = 0;
+      for (; c0 + L::kLanes <= channels; c0 += L::kLanes) block(c0);
+      if (c0 < channels) block(channels - L::kLanes);
+    }
+  }
+}
+
+template <typename scalar_t>
+void avg_pool_rows_channels_last(const AvgPoolArgs<scalar_t>& a, int64_t channels, int64_t r0, int64_t r1) {
+  using L = Vec<scalar_t>;
+  using V = typename L::V;
+  const PoolGeometry& g = *a.g;
+  const int64_t out_plane = g.out_plane();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.out_h, oh = r % g.out_h;
+    const scalar_t* image = a.in + n * g.in_plane() * channels;
+    const int64_t h0 = oh * g.stride_h - g.pad_h;
+    const OutputRange rows = taps_inside(h0, g.kernel_h, 1, g.in_h);
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      const int64_t w0 = ow * g.stride_w - g.pad_w;
+      const OutputRange cols = taps_inside(w0, g.kernel_w, 1, g.in_w);
+      const scalar_t divisor = a.divisors[oh * g.out_w + ow];
+      const int64_t out_offset = n * channels * out_plane + oh * g.out_w + ow;
+      auto block = [&](int64_t c0) {
+        V sum = V{};
+        for (int64_t ki = rows.lo; ki < rows.hi; ++ki)
+          for (int64_t kj = cols.lo; kj < cols.hi; ++kj)
+            sum += load_vec<V>(image + ((h0 + ki) * g.in_w + w0 + kj) * channels + c0);
+        scatter_channels(sum / divisor, a.out + out_offset + c0 * out_plane, out_plane);
+      };
+      int64_t c0 = 0;
+      for (; c0 + L::kLanes <= channels; c0 += L::kLanes) block(c0);
+      if (c0 < channels) block(channels - L::kLanes);
+    }
+  }
+}
+#endif  // FASTCONV_POOL_VECTOR_EXTENSIONS
+
 // ---------------------------------------------------------------------------------------------
 // average pooling
 // ---------------------------------------------------------------------------------------------
