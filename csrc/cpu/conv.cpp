@@ -41,15 +41,14 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
-  // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
-  const at::Tensor input_c = input.contiguous();
-  const at::Tensor weight_c = weight.contiguous();
+  const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
   if (g.batch == 0) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
-    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
-                                    : direct_conv2d_forward(g, input_c, weight_c);
+    // The direct kernels choose their own input layout (channels-last input is used as it is).
+    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input.contiguous(), weight_c)
+                                    : direct_conv2d_forward(g, input, weight_c);
   }
   if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
   return out;
