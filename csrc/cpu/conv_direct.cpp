@@ -211,6 +211,15 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
   return g.out_channels_per_group() >= lanes && g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
 }
 
+int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
+  if (!direct_uses_blocked_kernel(g, element_size)) return 0;
+  // The zero-padded channels-last input copy and the packed weights.
+  const int64_t nr = element_size == 4 ? micro_kernels<float>().nr : micro_kernels<double>().nr;
+  const int64_t blocks = (g.out_channels_per_group() + nr - 1) / nr;
+  return (g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels +
+          g.groups * blocks * g.col_rows() * nr) * element_size;
+}
+
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const bool blocked = direct_uses_blocked_kernel(g, input.element_size());
