@@ -23,131 +23,66 @@
 #include <vector>
 
 #include "cpu/conv_kernels.h"
+#include "common/cpu_features.h"
 #include "cpu/gemm.h"
 
 namespace fastconv::cpu {
 namespace {
 
-// out_plane (out_h x out_w) += w * input plane shifted by tap (ki, kj).
-template <typename scalar_t>
-inline void add_tap(const ConvGeometry& g, const scalar_t* in_plane, scalar_t w, int64_t ki, int64_t kj,
-                    scalar_t* out_plane) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    const scalar_t* src = in_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    scalar_t* dst = out_plane + oh * g.out_w;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow];
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow * g.stride_w];
-    }
-  }
-}
+// The plane kernels, once per instruction set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTCONV_ISA_NS planes_avx512
+#define FASTCONV_ISA_TARGET \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
+#define FASTCONV_ISA_NS planes_avx2
+#define FASTCONV_ISA_TARGET __attribute__((target("avx2,fma")))
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
+#define FASTCONV_PLANES_X86 1
+#endif
+#define FASTCONV_ISA_NS planes_baseline
+#define FASTCONV_ISA_TARGET
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
 
-// grad_in_plane += w * grad_out_plane scattered back through tap (ki, kj): the transpose of add_tap.
-template <typename scalar_t>
-inline void add_tap_transposed(const ConvGeometry& g, const scalar_t* go_plane, scalar_t w, int64_t ki, int64_t kj,
-                               scalar_t* gi_plane) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    scalar_t* dst = gi_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    const scalar_t* src = go_plane + oh * g.out_w;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow];
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow * g.stride_w] += w * src[ow];
-    }
-  }
-}
-
-// sum over the output plane of grad_out * input shifted by tap (ki, kj), accumulated in acc_t.
-template <typename scalar_t, typename acc_t>
-inline acc_t tap_correlation(const ConvGeometry& g, const scalar_t* go_plane, const scalar_t* in_plane, int64_t ki,
-                             int64_t kj) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  acc_t acc = 0;
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    const scalar_t* src = in_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    const scalar_t* dy = go_plane + oh * g.out_w;
-    acc_t row = 0;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) row += acc_t(dy[ow]) * acc_t(src[ow]);
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) row += acc_t(dy[ow]) * acc_t(src[ow * g.stride_w]);
-    }
-    acc += row;
-  }
-  return acc;
-}
+// FASTCONV_CALL_PLANES(f<T>(args)) calls planes_<isa>::f<T>(args) for the instruction set in use.
+#ifdef FASTCONV_PLANES_X86
+#define FASTCONV_CALL_PLANES(...)                                 \
+  do {                                                            \
+    switch (active_cpu_isa()) {                                   \
+      case CpuIsa::Avx512: planes_avx512::__VA_ARGS__; break;     \
+      case CpuIsa::Avx2: planes_avx2::__VA_ARGS__; break;         \
+      default: planes_baseline::__VA_ARGS__; break;               \
+    }                                                             \
+  } while (0)
+#else
+#define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
+#endif
 
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n = p / g.out_channels, oc = p % g.out_channels, grp = oc / cout_g;
-      scalar_t* dst = out + p * out_plane;
-      std::fill(dst, dst + out_plane, scalar_t(0));
-      for (int64_t ic = 0; ic < cin_g; ++ic) {
-        const scalar_t* src = in + (n * g.in_channels + grp * cin_g + ic) * in_plane;
-        const scalar_t* wk = w + (oc * cin_g + ic) * taps;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) add_tap(g, src, wk[ki * g.kernel_w + kj], ki, kj, dst);
-      }
-    }
+    FASTCONV_CALL_PLANES(forward_planes<scalar_t>(g, in, w, out, p0, p1));
   });
 }
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n = p / g.in_channels, c = p % g.in_channels, grp = c / cin_g, ic = c % cin_g;
-      scalar_t* dst = gi + p * in_plane;
-      std::fill(dst, dst + in_plane, scalar_t(0));
-      for (int64_t j = 0; j < cout_g; ++j) {
-        const int64_t oc = grp * cout_g + j;
-        const scalar_t* src = go + (n * g.out_channels + oc) * out_plane;
-        const scalar_t* wk = w + (oc * cin_g + ic) * taps;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-            add_tap_transposed(g, src, wk[ki * g.kernel_w + kj], ki, kj, dst);
-      }
-    }
+    FASTCONV_CALL_PLANES(grad_input_planes<scalar_t>(g, go, w, gi, p0, p1));
   });
 }
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
   using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  at::parallel_for(0, g.out_channels * cin_g, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t oc = p / cin_g, ic = p % cin_g, grp = oc / cout_g;
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t ki = t / g.kernel_w, kj = t % g.kernel_w;
-        acc_t acc = 0;
-        for (int64_t n = 0; n < g.batch; ++n) {
-          const scalar_t* dy = go + (n * g.out_channels + oc) * out_plane;
-          const scalar_t* src = in + (n * g.in_channels + grp * cin_g + ic) * in_plane;
-          acc += tap_correlation<scalar_t, acc_t>(g, dy, src, ki, kj);
-        }
-        gw[p * taps + t] = static_cast<scalar_t>(acc);
-      }
-    }
+  at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
+    FASTCONV_CALL_PLANES(grad_weight_rows<scalar_t, acc_t>(g, go, in, gw, p0, p1));
   });
 }
 
