@@ -10,13 +10,10 @@ namespace fastconv {
 
 enum class CpuIsa { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 
-// The widest ISA that fastconv has kernels for in this build. On x86-64 with GCC or Clang, kernels
-// with variants compile them per ISA with __attribute__((target(...))) (see cpu/pool.cpp).
+// The widest ISA that fastconv has kernels for in this build.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTCONV_HAS_ISA_VARIANTS 1
 constexpr CpuIsa kWidestCompiledIsa = CpuIsa::Avx512;
 #else
-#define FASTCONV_HAS_ISA_VARIANTS 0
 constexpr CpuIsa kWidestCompiledIsa = CpuIsa::Baseline;
 #endif
 

@@ -36,20 +36,19 @@ at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                       const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d", algo);
   // The ATen calls inside are implementation details, never part of an autograd graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
-  // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
-  const at::Tensor input_c = input.contiguous();
-  const at::Tensor weight_c = weight.contiguous();
+  const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
   if (g.batch == 0) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
-    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
-                                    : direct_conv2d_forward(g, input_c, weight_c);
+    // The direct kernels choose their own input layout (channels-last input is used as it is).
+    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input.contiguous(), weight_c)
+                                    : direct_conv2d_forward(g, input, weight_c);
   }
   if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
   return out;
@@ -58,9 +57,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvAlgo input_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardInput, false);
+  const ConvAlgo weight_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardWeight, false);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, false);
@@ -74,11 +74,18 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
   if (g.batch == 0) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  } else if (output_mask[0] || output_mask[1]) {
-    std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
-    std::tie(grad_input, grad_weight, std::ignore) =
-        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+  } else {
+    // Each algorithm computes the gradients assigned to it ("auto" may split them between the two).
+    for (ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
+      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
+                                        output_mask[1] && weight_algo == which, false};
+      if (!mask[0] && !mask[1]) continue;
+      auto [gi, gw, unused] = which == ConvAlgo::Im2col
+                                  ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
                                   : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+      if (mask[0]) grad_input = gi;
+      if (mask[1]) grad_weight = gw;
+    }
   }
   at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
   if (!output_mask[0]) grad_input = unused_grad(input);
@@ -102,11 +109,17 @@ ConvGrads conv1d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
 int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
                                    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                    const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo);
   ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
                               groups);
-  if (which == ConvAlgo::Direct || g.batch == 0) return 0;
-  return im2col_workspace_bytes(g, input.element_size());
+  if (g.batch == 0) return 0;
+  // The most scratch memory any one pass allocates.
+  int64_t most = 0;
+  for (ConvPass pass : {ConvPass::Forward, ConvPass::BackwardInput, ConvPass::BackwardWeight}) {
+    const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo, g, pass, false);
+    most = std::max(most, which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
+                                                    : direct_workspace_bytes(g, input.element_size()));
+  }
+  return most;
 }
 
 }  // namespace

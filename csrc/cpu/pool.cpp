@@ -3,7 +3,7 @@
 // Every op works on planes: the input is made NCHW-contiguous and viewed as (planes, H, W); threads
 // split the work over rows of planes with at::parallel_for.
 //
-// Forward kernels build one output row at a time (cpu/pool_kernels.h): the columns whose window lies
+// Forward kernels build one output row at a time (cpu/pool_kernels.inc): the columns whose window lies
 // wholly inside the input go through vectorised loops along W, the edge columns next to the padding
 // through checked scalar loops, and every output cell sees its taps in torch's order, so ties, NaNs
 // and sums come out exactly as torch's. The row kernels are compiled for AVX-512, AVX2 and baseline
@@ -27,9 +27,9 @@
 #include "common/cpu_features.h"
 #include "common/shapes.h"
 
-// Per-ISA compilation needs GCC's `#pragma GCC target`; the explicit SIMD code uses GCC's vector
-// extensions. Other compilers build the baseline kernels only.
-#if FASTCONV_HAS_ISA_VARIANTS && defined(__GNUC__) && !defined(__clang__)
+// Per-ISA compilation needs GCC's `#pragma GCC target` on x86-64; the explicit SIMD code uses GCC's
+// vector extensions. Other compilers and CPUs build the baseline kernels only.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FASTCONV_POOL_ISA_VARIANTS 1
 #define FASTCONV_POOL_VECTOR_EXTENSIONS 1
 #else
@@ -167,7 +167,7 @@ std::vector<scalar_t> avg_divisors(const PoolGeometry& g, const AvgOptions& opt)
   return divisors;
 }
 
-// Arguments of the row kernels in cpu/pool_kernels.h.
+// Arguments of the row kernels in cpu/pool_kernels.inc.
 template <typename scalar_t>
 struct MaxPoolArgs {
   const PoolGeometry* g;
@@ -206,7 +206,7 @@ struct AvgBackwardArgs {
 }  // namespace
 }  // namespace fastconv::cpu
 
-// The row kernels, once per instruction set (see the top of cpu/pool_kernels.h), each with vectors of
+// The row kernels, once per instruction set (see the top of cpu/pool_kernels.inc), each with vectors of
 // its native width. Vectors wider than the baseline's trigger GCC's ABI note (-Wpsabi) on functions
 // that pass them; those functions are internal, so the note does not apply.
 #if FASTCONV_POOL_ISA_VARIANTS
@@ -216,7 +216,7 @@ struct AvgBackwardArgs {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 #define FASTCONV_POOL_ISA avx512
 #define FASTCONV_POOL_VECTOR_BYTES 64
-#include "cpu/pool_kernels.h"
+#include "cpu/pool_kernels.inc"
 #undef FASTCONV_POOL_VECTOR_BYTES
 #undef FASTCONV_POOL_ISA
 #pragma GCC pop_options
@@ -225,7 +225,7 @@ struct AvgBackwardArgs {
 #pragma GCC target("avx2,fma")
 #define FASTCONV_POOL_ISA avx2
 #define FASTCONV_POOL_VECTOR_BYTES 32
-#include "cpu/pool_kernels.h"
+#include "cpu/pool_kernels.inc"
 #undef FASTCONV_POOL_VECTOR_BYTES
 #undef FASTCONV_POOL_ISA
 #pragma GCC pop_options
@@ -234,7 +234,7 @@ struct AvgBackwardArgs {
 
 #define FASTCONV_POOL_ISA baseline
 #define FASTCONV_POOL_VECTOR_BYTES 16
-#include "cpu/pool_kernels.h"
+#include "cpu/pool_kernels.inc"
 #undef FASTCONV_POOL_VECTOR_BYTES
 #undef FASTCONV_POOL_ISA
 
@@ -417,7 +417,7 @@ void max_pool_backward_kernel(const PoolGeometry& g, const scalar_t* grad_out, c
   });
 }
 
-// Adaptive average pooling (windowed average pooling does the same, vectorised, in pool_kernels.h):
+// Adaptive average pooling (windowed average pooling does the same, vectorised, in pool_kernels.inc):
 // one thread owns one input-gradient row (plane p, input row ih). It visits the output rows whose
 // windows read row ih (AxisReaders) in ascending order and, within each, the output columns in
 // ascending order, adding each cell's divided gradient to its window's elements on the row.
