@@ -180,8 +180,10 @@ def test_max_pool_ties_pick_torchs_index(dims):
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), (k, s, p, d)
     fa, ta = (FC.adaptive_max_pool2d, F.adaptive_max_pool2d) if dims == 2 else (FC.adaptive_max_pool1d,
                                                                                  F.adaptive_max_pool1d)
-    ours, theirs = fa(x, 4, True), ta(x, 4, True)
-    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    # 4 gives uneven adaptive windows; the second size divides the input (the windowed-kernel route)
+    for out_size in (4, (1, 5) if dims == 2 else 1):
+        ours, theirs = fa(x, out_size, True), ta(x, out_size, True)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), out_size
 
 
 def test_max_pool_nan_wins_and_infinities():

@@ -596,10 +596,27 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   at::Tensor out = at::empty(sizes, input.options());
   at::Tensor indices = at::empty(sizes, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, indices};
-  const at::Tensor input_c = input.contiguous();
+  // When the output divides the input, the adaptive windows are those of max pooling with
+  // kernel = stride = in / out and no padding, and so are the values, indices, ties and NaNs: use the
+  // vectorised kernels.
+  const bool uniform = g.in_h % g.out_h == 0 && g.in_w % g.out_w == 0;
+  PoolGeometry windowed = g;
+  windowed.kernel_h = windowed.stride_h = g.in_h / g.out_h;
+  windowed.kernel_w = windowed.stride_w = g.in_w / g.out_w;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d", [&] {
-    adaptive_max_forward_kernel<scalar_t>(g, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                                          indices.mutable_data_ptr<int64_t>());
+    if (uniform && use_channels_last_kernel<scalar_t>(input, windowed)) {
+      max_pool_forward_channels_last<scalar_t>(windowed, input.size(1), input.const_data_ptr<scalar_t>(),
+                                               out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
+      return;
+    }
+    const at::Tensor input_c = input.contiguous();
+    if (uniform) {
+      max_pool_forward_kernel<scalar_t>(windowed, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                        indices.mutable_data_ptr<int64_t>());
+    } else {
+      adaptive_max_forward_kernel<scalar_t>(g, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                                            indices.mutable_data_ptr<int64_t>());
+    }
   });
   return {out, indices};
 }
