@@ -4,6 +4,8 @@ Signatures and defaults match torch.nn.functional; convolutions take one extra k
 argument, ``algo``. Argument normalisation (ints to tuples, string padding, unbatched inputs, 1-D
 pooling as 2-D with a height of 1) happens here; the compiled ops see only canonical arguments.
 """
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -26,11 +28,53 @@ _ops_ns = torch.ops.fastconv
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_int(value, allow_bool=False):
+    """What torch's argument parser takes as an int: Python and numpy integers and integer 0-d tensors,
+    not floats or strings, and not bools (except after the first entry of a list, which torch unpacks
+    as ints)."""
+    if isinstance(value, bool):
+        return allow_bool
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_int64(name, op, value, in_list):
+    """torch raises ValueError for an int64 overflow of a scalar argument, TypeError inside a list."""
+    if not -(2**63) <= int(value) < 2**63:
+        if in_list:
+            raise TypeError(f"{op}(): argument '{name}' failed to unpack the object: Overflow when unpacking long long")
+        raise ValueError(f"{op}(): argument '{name}': Overflow when unpacking long long")
+
+
+def _check_int_args(op, ints=(), int_lists=()):
+    """Type checks in the order torch's argument parser makes them, before any value is looked at:
+    TypeError for an argument of the wrong type, as torch.nn.functional raises."""
+    for name, value in int_lists:
+        if isinstance(value, (tuple, list)):
+            if not all(_is_int(v, allow_bool=i > 0) for i, v in enumerate(value)):
+                raise TypeError(f"{op}(): argument '{name}' must be a tuple of ints, but got {value!r}")
+            for v in value:
+                _check_int64(name, op, v, True)
+        elif _is_int(value):
+            _check_int64(name, op, value, False)
+        else:
+            raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+    for name, value in ints:
+        if not _is_int(value):
+            raise TypeError(f"{op}(): argument '{name}' must be int, not {type(value).__name__}")
+        _check_int64(name, op, value, False)
+
+
 def _conv_param(value, name, spatial_dims):
     """An int or a sequence of spatial_dims ints, as a list (torch's rule and message)."""
-    if isinstance(value, int):
-        return [value] * spatial_dims
-    values = list(value)
+    if _is_int(value):
+        return [int(value)] * spatial_dims
+    values = [int(v) for v in value]
     if len(values) == 1:
         return values * spatial_dims
     if len(values) != spatial_dims:
@@ -59,6 +103,13 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
         raise ValueError(f"{name}: algo must be one of {CONV_ALGOS}, got {algo!r}")
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name}: input and weight must be tensors")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name}: bias must be a tensor or None, not {type(bias).__name__}")
+    int_lists = [("stride", stride), ("dilation", dilation)]
+    if not isinstance(padding, str):
+        int_lists.append(("padding", padding))
+    _check_int_args(name, ints=[("groups", groups)], int_lists=int_lists)
+    groups = int(groups)
     batched_dims = spatial_dims + 2
     if input.dim() not in (batched_dims - 1, batched_dims):
         raise RuntimeError(
@@ -94,7 +145,9 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
     else:
         padding = _conv_param(padding, "padding", spatial_dims)
     if algo == "auto":
-        algo = choose_conv_algo(input.shape[1], weight.shape[0], tuple(weight.shape[2:]), groups)
+        # A weight of the wrong rank is reported by the op itself, with its message.
+        ok = weight.dim() == batched_dims
+        algo = choose_conv_algo(input.shape[1], weight.shape[0], tuple(weight.shape[2:]), groups) if ok else "im2col"
     op = _ops_ns.conv1d if spatial_dims == 1 else _ops_ns.conv2d
     out = op(input, weight, bias, stride, padding, dilation, groups, algo)
     return out.squeeze(0) if unbatched else out
