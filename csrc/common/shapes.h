@@ -47,10 +47,15 @@ struct ConvGeometry {
   // Rows of the im2col matrix of one group: input channels of the group x filter taps.
   int64_t col_rows() const { return in_channels_per_group() * kernel_h * kernel_w; }
   bool is_depthwise() const { return groups == in_channels && groups > 1; }
+  // torch computes nothing when the batch or the input channels are empty; such a call has an empty
+  // output and no kernel runs.
+  bool is_empty() const { return batch == 0 || in_channels == 0; }
   bool is_pointwise_unit() const {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
   }
-  std::vector<int64_t> output_sizes() const { return {batch, out_channels, out_h, out_w}; }
+  // torch's output shape: a zero-channel input gives a zero-channel output, whatever the weight.
+  int64_t output_channels() const { return in_channels == 0 ? 0 : out_channels; }
+  std::vector<int64_t> output_sizes() const { return {batch, output_channels(), out_h, out_w}; }
 };
 
 // Sizes of a parameter list must match the number of spatial dims (torch accepts exactly that).
@@ -77,8 +82,11 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   check_param_list(op, "dilation", dilation, spatial_dims);
   for (auto s : stride) TORCH_CHECK(s > 0, op, ": non-positive stride is not supported (stride=", to_str(stride), ")");
   for (auto p : padding) TORCH_CHECK(p >= 0, op, ": negative padding is not supported (padding=", to_str(padding), ")");
+  // torch lets a zero dilation through when the call is empty (zero batch or input channels).
+  const bool empty_call = input.size(0) == 0 || input.size(1) == 0;
   for (auto d : dilation)
-    TORCH_CHECK(d > 0, op, ": dilation should be greater than zero (dilation=", to_str(dilation), ")");
+    TORCH_CHECK(d > 0 || (d == 0 && empty_call), op, ": dilation should be greater than zero (dilation=",
+                to_str(dilation), ")");
   TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported (groups=", groups, ")");
 
   TORCH_CHECK(input.device() == weight.device(), op, ": input is on ", input.device(), " but weight is on ",
@@ -128,11 +136,18 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
     g.dil_h = dilation[0];
     g.dil_w = dilation[1];
   }
-  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
-              to_str(weight.sizes()), ")");
-  for (int64_t d = 2; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ", to_str(input.sizes()),
-                ")");
+  // As in torch, an empty call (zero batch or zero input channels) accepts zero-size spatial dims and
+  // kernels; torch raises IndexError for an empty kernel on a zero batch with channels, so this does too.
+  if (!g.is_empty()) {
+    TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
+                to_str(weight.sizes()), ")");
+    for (int64_t d = 2; d < dims; ++d)
+      TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ",
+                  to_str(input.sizes()), "); only a zero batch or zero channels may come with one");
+  } else if (g.in_channels > 0) {
+    TORCH_CHECK_INDEX(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
+                      to_str(weight.sizes()), ")");
+  }
   const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1;
   const int64_t span_w = g.dil_w * (g.kernel_w - 1) + 1;
   const int64_t padded_h = g.in_h + 2 * g.pad_h;
@@ -166,7 +181,7 @@ inline OutputRange valid_output_range(int64_t out_size, int64_t in_size, int64_t
 // Checks for a backward call: grad_output must have the forward output's shape.
 inline void check_conv_grad_output(const char* op, const ConvGeometry& g, const at::Tensor& grad_output,
                                    int64_t spatial_dims) {
-  std::vector<int64_t> expected = {g.batch, g.out_channels};
+  std::vector<int64_t> expected = {g.batch, g.output_channels()};
   if (spatial_dims == 2) expected.push_back(g.out_h);
   expected.push_back(g.out_w);
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",

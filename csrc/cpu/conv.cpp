@@ -45,7 +45,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor input_c = input.contiguous();
   const at::Tensor weight_c = weight.contiguous();
   at::Tensor out;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
     out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
@@ -71,7 +71,7 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
   const at::Tensor weight_c = weight.contiguous();
 
   at::Tensor grad_input, grad_weight;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
   } else if (output_mask[0] || output_mask[1]) {
@@ -80,7 +80,10 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
         which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
                                   : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
   }
-  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
+  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
+                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
+                                              : conv_grad_bias(grad_output_c);
   if (!output_mask[0]) grad_input = unused_grad(input);
   if (!output_mask[1]) grad_weight = unused_grad(input);
   return {grad_input, grad_weight, grad_bias};
@@ -105,7 +108,7 @@ int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& we
   const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo);
   ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
                               groups);
-  if (which == ConvAlgo::Direct || g.batch == 0) return 0;
+  if (which == ConvAlgo::Direct || g.is_empty()) return 0;
   return im2col_workspace_bytes(g, input.element_size());
 }
 
