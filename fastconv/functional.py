@@ -131,14 +131,15 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
             if weight.dim() != batched_dims:
                 raise RuntimeError(f"{name}: expected a {batched_dims}-D weight, got weight of size {list(weight.shape)}")
             # Total padding dilation * (k - 1): the smaller half on each side, the odd element (even
-            # kernels) on the right/bottom, exactly as torch pads for 'same'.
+            # kernels) on the right/bottom, exactly as torch pads for 'same'. torch halves with C++
+            # division (towards zero): for an empty kernel (total -1) it crops the input's left edge.
             total = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(spatial_dims)]
-            padding = [t // 2 for t in total]
-            extra = [t - 2 * (t // 2) for t in total]
+            padding = [t // 2 if t >= 0 else -(-t // 2) for t in total]
+            extra = [t - 2 * p for t, p in zip(total, padding)]
             if any(extra):
                 pad_arg = []
                 for d in reversed(range(spatial_dims)):
-                    pad_arg += [0, extra[d]]
+                    pad_arg += [0, extra[d]] if extra[d] > 0 else [extra[d], 0]
                 input = F.pad(input, pad_arg)
         else:
             raise RuntimeError(f"Invalid padding string: '{padding}'")
