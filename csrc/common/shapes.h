@@ -295,7 +295,8 @@ inline void check_float_dtype(const char* op, const at::Tensor& t, bool allow_re
   const auto st = t.scalar_type();
   const bool ok = st == at::kFloat || st == at::kDouble ||
                   (allow_reduced_precision && (st == at::kHalf || st == at::kBFloat16));
-  TORCH_CHECK(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
+  // NotImplementedError, the class torch raises for a dtype a kernel has no implementation for.
+  TORCH_CHECK_NOT_IMPLEMENTED(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
               allow_reduced_precision ? ", float16 and bfloat16" : "", " on ", t.device().type() == at::kCPU ? "CPU" : "CUDA");
 }
 
