@@ -101,10 +101,12 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   g.groups = groups;
   TORCH_CHECK(g.out_channels % groups == 0, op, ": expected weight's out_channels (", g.out_channels,
               ") to be divisible by groups=", groups, ", weight has size ", to_str(weight.sizes()));
-  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ",
-              g.in_channels % groups == 0 ? g.in_channels / groups : g.in_channels, " input channels per group (input has ",
-              g.in_channels, " channels, groups=", groups, "), got ", weight.size(1), " (input ",
-              to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels % groups == 0, op, ": expected input channels (", g.in_channels,
+              ") to be divisible by groups=", groups, " (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ", g.in_channels / groups,
+              " input channels per group (input has ", g.in_channels, " channels, groups=", groups, "), got ",
+              weight.size(1), " (input ", to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
   TORCH_CHECK(g.out_channels > 0, op, ": weight has no output channels (weight ", to_str(weight.sizes()), ")");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, op,
