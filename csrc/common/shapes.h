@@ -139,16 +139,13 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
     g.dil_w = dilation[1];
   }
   // As in torch, an empty call (zero batch or zero input channels) accepts zero-size spatial dims and
-  // kernels; torch raises IndexError for an empty kernel on a zero batch with channels, so this does too.
+  // kernels (but see the IndexError below).
   if (!g.is_empty()) {
     TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
                 to_str(weight.sizes()), ")");
     for (int64_t d = 2; d < dims; ++d)
       TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ",
                   to_str(input.sizes()), "); only a zero batch or zero channels may come with one");
-  } else if (g.in_channels > 0) {
-    TORCH_CHECK_INDEX(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
-                      to_str(weight.sizes()), ")");
   }
   const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1;
   const int64_t span_w = g.dil_w * (g.kernel_w - 1) + 1;
@@ -159,6 +156,9 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
               ") is smaller than the dilated kernel size (",
               spatial_dims == 1 ? std::to_string(span_w) : std::to_string(span_h) + " x " + std::to_string(span_w),
               "); kernel size can't be greater than actual input size");
+  // After the size check, as in torch: an empty kernel on a zero batch with channels is an IndexError there.
+  TORCH_CHECK_INDEX(!g.is_empty() || g.in_channels == 0 || (g.kernel_h > 0 && g.kernel_w > 0), op,
+                    ": weight has an empty kernel (weight ", to_str(weight.sizes()), ")");
   g.out_h = (padded_h - span_h) / g.stride_h + 1;
   g.out_w = (padded_w - span_w) / g.stride_w + 1;
   return g;
