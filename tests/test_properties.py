@@ -147,7 +147,8 @@ def conv_calls(draw, device):
     groups = _mostly(draw, st.integers(1, 3), st.sampled_from([0, -1, 4]))
     g = max(groups, 1)
     cin_g = _mostly(draw, st.integers(1, 3), st.just(0), edge=True)
-    cout_g = _mostly(draw, st.integers(1, 3), st.just(0))
+    # Wide groups (8+ output channels) reach the vectorised direct kernel and full GEMM tiles.
+    cout_g = _mostly(draw, st.one_of(st.integers(1, 3), st.integers(8, 18)), st.just(0))
     cin = _mostly(draw, st.just(cin_g * g), st.sampled_from([cin_g * g + 1, max(cin_g * g - 1, 0)]))
     cout = _mostly(draw, st.just(cout_g * g), st.just(cout_g * g + 1))
     weight_cin = _mostly(draw, st.just(cin_g), st.just(cin_g + 1))
