@@ -145,10 +145,6 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _conv_param(padding, "padding", spatial_dims)
-    if algo == "auto":
-        # A weight of the wrong rank is reported by the op itself, with its message.
-        ok = weight.dim() == batched_dims
-        algo = choose_conv_algo(input.shape[1], weight.shape[0], tuple(weight.shape[2:]), groups) if ok else "im2col"
     op = _ops_ns.conv1d if spatial_dims == 1 else _ops_ns.conv2d
     out = op(input, weight, bias, stride, padding, dilation, groups, algo)
     return out.squeeze(0) if unbatched else out
