@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/irange.h>
 
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -82,6 +83,10 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   check_param_list(op, "dilation", dilation, spatial_dims);
   for (auto s : stride) TORCH_CHECK(s > 0, op, ": non-positive stride is not supported (stride=", to_str(stride), ")");
   for (auto p : padding) TORCH_CHECK(p >= 0, op, ": negative padding is not supported (padding=", to_str(padding), ")");
+  // torch's limit, which keeps in + 2 * padding inside int64.
+  for (auto p : padding)
+    TORCH_CHECK(p <= std::numeric_limits<int64_t>::max() / 2, op, ": padding=", to_str(padding),
+                " is too large; expected padding to be at most ", std::numeric_limits<int64_t>::max() / 2);
   // torch lets a zero dilation through when the call is empty (zero batch or input channels).
   const bool empty_call = input.size(0) == 0 || input.size(1) == 0;
   for (auto d : dilation)
@@ -147,10 +152,16 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
       TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ",
                   to_str(input.sizes()), "); only a zero batch or zero channels may come with one");
   }
-  const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1;
-  const int64_t span_w = g.dil_w * (g.kernel_w - 1) + 1;
-  const int64_t padded_h = g.in_h + 2 * g.pad_h;
-  const int64_t padded_w = g.in_w + 2 * g.pad_w;
+  // Size arithmetic on user-given values, checked for int64 overflow (huge dilations or paddings).
+  int64_t span_h, span_w, padded_h, padded_w, extent_h, extent_w, out_h, out_w;
+  const bool overflow =
+      __builtin_mul_overflow(g.dil_h, g.kernel_h - 1, &span_h) || __builtin_add_overflow(span_h, 1, &span_h) ||
+      __builtin_mul_overflow(g.dil_w, g.kernel_w - 1, &span_w) || __builtin_add_overflow(span_w, 1, &span_w) ||
+      __builtin_add_overflow(g.in_h, 2 * g.pad_h, &padded_h) || __builtin_add_overflow(g.in_w, 2 * g.pad_w, &padded_w) ||
+      __builtin_sub_overflow(padded_h, span_h, &extent_h) || __builtin_sub_overflow(padded_w, span_w, &extent_w) ||
+      __builtin_add_overflow(extent_h / g.stride_h, 1, &out_h) || __builtin_add_overflow(extent_w / g.stride_w, 1, &out_w);
+  TORCH_CHECK(!overflow, op, ": sizes overflow 64-bit integers (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ", padding=", to_str(padding), ", dilation=", to_str(dilation), ")");
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": padded input size per channel (",
               spatial_dims == 1 ? std::to_string(padded_w) : std::to_string(padded_h) + " x " + std::to_string(padded_w),
               ") is smaller than the dilated kernel size (",
@@ -159,8 +170,8 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   // After the size check, as in torch: an empty kernel on a zero batch with channels is an IndexError there.
   TORCH_CHECK_INDEX(!g.is_empty() || g.in_channels == 0 || (g.kernel_h > 0 && g.kernel_w > 0), op,
                     ": weight has an empty kernel (weight ", to_str(weight.sizes()), ")");
-  g.out_h = (padded_h - span_h) / g.stride_h + 1;
-  g.out_w = (padded_w - span_w) / g.stride_w + 1;
+  g.out_h = out_h;
+  g.out_w = out_w;
   return g;
 }
 
