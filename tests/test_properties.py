@@ -162,12 +162,14 @@ def conv_calls(draw, device):
     if _broken(draw) and draw(st.integers(0, 11)) == 0:
         input_shape = input_shape + [3]  # one dim too many
 
-    stride = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1, 2**31 + 1]))
-    dilation = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -2]))
+    # Huge values: a stride past any size (one output), dilations and paddings whose size arithmetic
+    # must not overflow (torch rejects paddings above 2**62 - 1; an empty call returns a huge empty shape).
+    stride = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1, 2**31 + 1, 2**63 - 1]))
+    dilation = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -2, 2**40]))
     if draw(st.integers(0, 4)) == 0:
         padding = draw(st.sampled_from(["same", "valid", "full"] if _broken(draw) else ["same", "valid"]))
     else:
-        padding = _int_param(draw, dims, st.integers(0, 3), st.just(-1))
+        padding = _int_param(draw, dims, st.integers(0, 3), st.sampled_from([-1, 2**40, 2**62]))
 
     bias_kind = draw(st.sampled_from(["none", "ok", "ok", "short", "2d"] if _broken(draw) else ["none", "ok"]))
     seed = draw(st.integers(0, 2**31 - 1))
