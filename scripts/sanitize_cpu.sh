@@ -12,8 +12,8 @@
 #      build (fastconv/_C*.so) is left untouched, and builds the extension there (CPU only) with
 #      -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined.
 #   2. Checks that the built module really links the ASan runtime.
-#   3. Runs pytest in that copy with the compiler's libasan LD_PRELOADed (torch and Python are not
-#      ASan-built, so the runtime must be loaded first), leak detection off (the interpreter and torch
+#   3. Runs pytest in that copy with the compiler's libasan (and libstdc++) LD_PRELOADed (torch and
+#      Python are not ASan-built, so the runtime must be loaded first), leak detection off (the interpreter and torch
 #      keep allocations alive until exit), and every UBSan finding fatal. FASTCONV_SANITIZE=1 makes the
 #      tests that measure resident memory skip themselves: ASan's shadow memory and quarantine make
 #      those numbers meaningless. Slow tests run too when FASTCONV_SLOW=1 is set.
@@ -30,6 +30,10 @@ SRC="$OUT/src"
 CXX_BIN="${CXX:-c++}"
 
 LIBASAN="$("$CXX_BIN" -print-file-name=libasan.so)"
+# Preloaded after libasan so that ASan finds the real __cxa_throw at start-up: Python does not link
+# libstdc++ itself, and without it the first C++ exception thrown by a pybind11 module (triton, which
+# torch.compile imports) trips an ASan CHECK.
+LIBSTDCXX="$("$CXX_BIN" -print-file-name=libstdc++.so)"
 if [[ ! -e "$LIBASAN" ]]; then
   echo "sanitize_cpu.sh: $CXX_BIN has no libasan.so (install the compiler's ASan runtime, e.g. libasan8)" >&2
   exit 2
@@ -62,7 +66,7 @@ echo "== running the tests under ASan + UBSan (log: $OUT/pytest.log)"
 status=0
 (
   cd "$SRC"
-  export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+ $LD_PRELOAD}"
+  export LD_PRELOAD="$LIBASAN $LIBSTDCXX${LD_PRELOAD:+ $LD_PRELOAD}"
   export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1:symbolize=1"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   export FASTCONV_SANITIZE=1
