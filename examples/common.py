@@ -210,7 +210,8 @@ def plot_filters(weight, path, title, max_filters=64):
             w = (w - w.min()) / (w.max() - w.min() + 1e-12)
             ax.imshow(w.permute(1, 2, 0).numpy(), interpolation="nearest")
         else:
-            ax.imshow(w[0].numpy(), cmap="coolwarm", interpolation="nearest")
+            limit = w[0].abs().max().item() or 1.0  # white is zero, red positive, blue negative
+            ax.imshow(w[0].numpy(), cmap="coolwarm", vmin=-limit, vmax=limit, interpolation="nearest")
     fig.suptitle(title)
     _save(fig, path)
 

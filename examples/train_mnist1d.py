@@ -15,7 +15,6 @@ the two runs end a few tenths of a point apart, as two torch.nn runs on differen
     python examples/train_mnist1d.py            # default budget (a few minutes on 2 CPU cores)
     python examples/train_mnist1d.py --quick    # seconds: checks that everything runs
 """
-import functools
 import os
 
 import torch
@@ -35,21 +34,21 @@ def load_mnist1d(dtype):
     return (as_signals(data["x"]), torch.tensor(data["y"]), as_signals(data["x_test"]), torch.tensor(data["y_test"]))
 
 
-def build_model(conv, pool):
-    """Three blocks Conv1d -> BatchNorm1d -> ReLU -> MaxPool1d (length 40 -> 20 -> 10 -> 5), then a linear head."""
+def build_model(layers, **conv_options):
+    """Three blocks Conv1d -> BatchNorm1d -> ReLU -> MaxPool1d (length 40 -> 20 -> 10 -> 5), then a linear head.
+
+    ``layers``: fastconv.nn or torch.nn, whose Conv1d and MaxPool1d are used.
+    """
     def block(cin, cout, k):
-        return torch.nn.Sequential(conv(cin, cout, k, padding=k // 2), torch.nn.BatchNorm1d(cout), torch.nn.ReLU(),
-                                   pool(2))
+        return torch.nn.Sequential(layers.Conv1d(cin, cout, k, padding=k // 2, **conv_options),
+                                   torch.nn.BatchNorm1d(cout), torch.nn.ReLU(), layers.MaxPool1d(2))
 
     return torch.nn.Sequential(block(1, 32, 5), block(32, 64, 3), block(64, 64, 3), torch.nn.Flatten(),
                                torch.nn.Linear(64 * 5, 10))
 
 
-LAYER_SETS = {
-    # name: (conv class, pool class), given the fastconv algorithm
-    "fastconv": lambda algo: (functools.partial(fnn.Conv1d, algo=algo), fnn.MaxPool1d),
-    "torch.nn": lambda algo: (torch.nn.Conv1d, torch.nn.MaxPool1d),
-}
+# the two models compared, by the module their layers come from
+LAYER_SETS = {"fastconv": fnn, "torch.nn": torch.nn}
 
 
 def main(argv=None):
@@ -68,7 +67,8 @@ def main(argv=None):
     models, histories = {}, {}
     for name in names:
         torch.manual_seed(args.seed)  # the same initial weights for both layer sets
-        models[name] = build_model(*LAYER_SETS[name](args.algo)).to(args.device, dtype)
+        conv_options = {"algo": args.algo} if name == "fastconv" else {}
+        models[name] = build_model(LAYER_SETS[name], **conv_options).to(args.device, dtype)
         train_loader = TensorLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
         test_loader = TensorLoader(x_test, y_test, 500)
         histories[name] = train(models[name], train_loader, test_loader, args.epochs, args.lr, args.device,
