@@ -109,11 +109,14 @@ def evaluate(model, loader, device):
     return loss_sum / count, 100.0 * correct / count
 
 
-def train(model, train_loader, test_loader, epochs, lr, device, desc, params=None, weight_decay=1e-4):
+def train(model, train_loader, test_loader, epochs, lr, device, desc, params=None, weight_decay=1e-4,
+          frozen=()):
     """AdamW with a one-cycle learning rate; a tqdm bar shows loss and accuracy as it goes.
 
-    ``params``: what to optimise (default: every parameter), e.g. only a new head. Returns a history
-    with per-epoch train/test loss and accuracy and the training time in seconds.
+    ``params``: what to optimise (default: every parameter that requires grad), e.g. only a new head.
+    ``frozen``: submodules kept in eval mode, so a frozen feature extractor's batch-norm statistics
+    stay as they were. Returns a history with per-epoch train/test loss and accuracy and the training
+    time in seconds.
     """
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -123,6 +126,8 @@ def train(model, train_loader, test_loader, epochs, lr, device, desc, params=Non
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
+        for module in frozen:
+            module.eval()
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
