@@ -125,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--finetune-epochs", type=int, default=None, help="(b) fine-tuning epochs")
     parser.add_argument("--finetune-lr-ratio", type=float, default=0.1,
                         help="fine-tuning learning rate as a fraction of --lr")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
     args = parser.parse_args(argv)
     args = fill_budget(
         args,
@@ -195,21 +196,23 @@ def main(argv=None):
                  "test accuracy": f"{transfer_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
 
     # Baseline: the same network from random weights, the same data and the same number of epochs.
-    torch.manual_seed(args.seed)
-    scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
-    budget = args.head_epochs + args.finetune_epochs
-    histories["from scratch"] = h = train(scratch, target_train(), target_test, budget, args.lr, device,
-                                          desc="scratch")
-    scratch_acc = h["test_acc"][-1]
-    rows.append({"run": "from scratch (baseline)", "epochs": budget,
-                 "test accuracy": f"{scratch_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+    budget, scratch_acc = args.head_epochs + args.finetune_epochs, None
+    if not args.no_baseline:
+        torch.manual_seed(args.seed)
+        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
+        histories["from scratch"] = h = train(scratch, target_train(), target_test, budget, args.lr, device,
+                                              desc="scratch")
+        scratch_acc = h["test_acc"][-1]
+        rows.append({"run": "from scratch (baseline)", "epochs": budget,
+                     "test accuracy": f"{scratch_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
 
     source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
     print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} images per class, "
-                  f"{args.size}x{args.size}:", rows)
-    verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
-    print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
-          f"({transfer_acc - scratch_acc:+.1f} points) at the same budget of {budget} epochs")
+                  f"{args.size}x{args.size}, starting from {source}:", rows)
+    if scratch_acc is not None:
+        verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
+        print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
+              f"({transfer_acc - scratch_acc:+.1f} points) at the same budget of {budget} epochs")
 
     plot_curves(histories, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
     plot_filters(model.conv1.weight, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
