@@ -93,8 +93,8 @@ def main(argv=None):
     parser.add_argument("--layers", default="fastconv", choices=["fastconv", "torch.nn"])
     args = parser.parse_args(argv)
     small = args.dataset == "digits"
-    args = fill_budget(args, quick=dict(epochs=2, batch_size=64, lr=1e-2),
-                       full=dict(epochs=30 if small else 5, batch_size=64 if small else 128, lr=1e-2 if small else 5e-3))
+    full = dict(epochs=20, batch_size=64, lr=1e-2) if small else dict(epochs=5, batch_size=128, lr=5e-3)
+    args = fill_budget(args, quick=dict(epochs=2, batch_size=64, lr=1e-2), full=full)
     out = os.path.join(args.out, args.dataset)
     os.makedirs(out, exist_ok=True)
 

@@ -43,7 +43,8 @@ class _FastconvConv(_FastconvLayer):
             # Non-zero padding modes pad explicitly, then convolve without padding (torch does the same).
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return self._functional(input, weight, bias, self.stride, 0, self.dilation, self.groups, algo=self.algo)
-        return self._functional(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, algo=self.algo)
+        return self._functional(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                                algo=self.algo)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, algo={self.algo!r}"

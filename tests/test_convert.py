@@ -206,4 +206,5 @@ def test_torchvision_model_same_outputs_and_gradients(arch):
     model.train()
     _seeded(model, x).logsumexp(1).sum().backward()
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected_grads[name], atol=1e-10, rtol=1e-8, msg=lambda m, name=name: f"grad of {name}: {m}")
+        torch.testing.assert_close(p.grad, expected_grads[name], atol=1e-10, rtol=1e-8,
+                                   msg=lambda m, name=name: f"grad of {name}: {m}")

@@ -74,7 +74,8 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["fastconv_layers"] == ["AdaptiveMaxPool2d", "AvgPool2d", "Conv2d", "MaxPool2d"]
         for i, (g, expected) in enumerate(zip(result["grads"], grads)):
-            torch.testing.assert_close(g, expected, atol=1e-12, rtol=1e-10, msg=lambda m, i=i: f"rank {rank} grad {i}: {m}")
+            torch.testing.assert_close(g, expected, atol=1e-12, rtol=1e-10,
+                                       msg=lambda m, i=i: f"rank {rank} grad {i}: {m}")
         for w, expected in zip(result["weights"], weights):
             torch.testing.assert_close(w, expected, atol=1e-12, rtol=1e-10)
 
