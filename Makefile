@@ -25,8 +25,10 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 build: $(VENV)/.built
 
+# The main job: a 1-D CNN on MNIST-1D trained with fastconv and with torch.nn side by side (accuracy,
+# time, pictures in out/mnist1d/).
 demo: build
-	$(PY) examples/demo.py
+	$(PY) examples/train_mnist1d.py
 
 test: build
 	$(PY) -m pytest -q
