@@ -1,0 +1,89 @@
+"""Interleaved timing: every side of a comparison is sampled in turn, round after round.
+
+Each sample is a `torch.utils.benchmark.Timer.timeit(number)` of one side (the Timer runs with the
+threads torch is set to use, not its default of one, and with a timer that synchronises CUDA). The
+order of the sides rotates every round so that drift in the machine's speed (other processes, clock
+changes) lands on all of them alike. The result per side is the median over rounds of the per-call
+time.
+"""
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.benchmark import Timer
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How long to sample. `sample_s`: target duration of one sample (calls are batched to reach it);
+    `rounds`: samples per side; `case_budget_s`: fewer rounds (down to `min_rounds`) when a case would
+    take longer; `max_call_s`: a side slower than this per call is not timed at all."""
+
+    sample_s: float
+    rounds: int
+    min_rounds: int
+    case_budget_s: float
+    max_call_s: float
+
+
+PLANS = {
+    "smoke": TimingPlan(sample_s=0.002, rounds=3, min_rounds=3, case_budget_s=1.0, max_call_s=5.0),
+    "quick": TimingPlan(sample_s=0.02, rounds=5, min_rounds=3, case_budget_s=3.0, max_call_s=3.0),
+    "full": TimingPlan(sample_s=0.05, rounds=11, min_rounds=5, case_budget_s=20.0, max_call_s=15.0),
+}
+
+
+def make_clock(device):
+    """A clock that waits for queued CUDA work first, so a sample measures the work and not its launch."""
+    if device.type == "cuda":
+        def clock():
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return clock
+    return time.perf_counter
+
+
+@dataclass
+class SideResult:
+    median_s: float = None
+    samples_s: tuple = ()
+    number: int = 0
+    skipped: str = None  # why this side was not timed
+
+
+def time_interleaved(sides, device, plan, threads=None):
+    """Median seconds per call of each side ({label: callable}), sampled in rotating order.
+
+    Each callable must already have run once (lazy initialisation, first-call allocations); this
+    runs each once more to size the samples.
+    """
+    clock = make_clock(device)
+    threads = threads or torch.get_num_threads()
+    results = {label: SideResult() for label in sides}
+    timers, per_call = {}, {}
+    for label, fn in sides.items():
+        start = clock()
+        fn()
+        per_call[label] = max(clock() - start, 1e-7)
+        if per_call[label] > plan.max_call_s:
+            results[label].skipped = (f"not timed: one call takes {per_call[label]:.1f} s, over this mode's "
+                                      f"{plan.max_call_s:.0f} s limit")
+            continue
+        timers[label] = Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock)
+        results[label].number = max(1, int(plan.sample_s / per_call[label]))
+    round_cost = sum(max(per_call[label] * results[label].number, plan.sample_s) for label in timers)
+    rounds = plan.rounds
+    while rounds > plan.min_rounds and rounds * round_cost > plan.case_budget_s:
+        rounds -= 1
+    labels = list(timers)
+    samples = {label: [] for label in labels}
+    for r in range(rounds):
+        shift = r % len(labels) if labels else 0
+        for label in labels[shift:] + labels[:shift]:
+            number = results[label].number
+            samples[label].append(timers[label].timeit(number).median)
+    for label in labels:
+        results[label].samples_s = tuple(samples[label])
+        results[label].median_s = statistics.median(samples[label])
+    return results
