@@ -80,15 +80,22 @@ def _elementwise_error(reference, result):
 # ----------------------------------------------------------------------------------------------
 
 
-def precisions(device, spec):
-    """(label, dtype, allow_tf32) rows to run: FP32 only on CPU; FP32, TF32 and bfloat16 on CUDA
-    (TF32 changes nothing for pooling, so pooling gets no TF32 row)."""
-    if device.type != "cuda":
-        return [("float32", torch.float32, False)]
-    rows = [("float32", torch.float32, False)]
-    if spec.kind != "pool":
-        rows.append(("tf32", torch.float32, True))
-    rows.append(("bfloat16", torch.bfloat16, False))
+PRECISIONS = {
+    "float32": (torch.float32, False),  # FP32 with TF32 off
+    "tf32": (torch.float32, True),  # FP32 tensors, TF32 tensor-core math allowed (CUDA only)
+    "bfloat16": (torch.bfloat16, False),
+}
+
+
+def precisions(device, spec, wanted=None):
+    """(label, dtype, allow_tf32) rows to run. Default: FP32 on CPU; FP32, TF32 and bfloat16 on CUDA.
+    `wanted` (labels) narrows or widens that; TF32 is CUDA-only and changes nothing for pooling."""
+    labels = wanted or (("float32", "tf32", "bfloat16") if device.type == "cuda" else ("float32",))
+    rows = []
+    for label in labels:
+        if label == "tf32" and (device.type != "cuda" or spec.kind == "pool"):
+            continue
+        rows.append((label, *PRECISIONS[label]))
     return rows
 
 

@@ -213,11 +213,34 @@ _SM_FLOP_PER_CLOCK = {
 }
 
 
+def _nvidia_smi_max_clocks_mhz(device):
+    """(SM clock, memory clock) maxima in MHz from nvidia-smi, or (0, 0) when it cannot say."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0, 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        out = subprocess.run([smi, f"--id={index}", "--query-gpu=clocks.max.sm,clocks.max.mem",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+        sm, mem = (float(v) for v in out.stdout.strip().splitlines()[0].split(","))
+        return sm, mem
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0, 0
+
+
 def gpu_reference(device):
-    """Peak GFLOP/s per precision and memory bandwidth of a CUDA device, derived from its properties."""
+    """Peak GFLOP/s per precision and memory bandwidth of a CUDA device, derived from its properties.
+
+    Newer CUDA releases stopped filling in the clock fields of the device properties; nvidia-smi's
+    maximum clocks stand in for them then."""
     props = torch.cuda.get_device_properties(device)
     arch = (props.major, props.minor)
     clock_khz = getattr(props, "clock_rate", 0) or 0
+    mem_khz = getattr(props, "memory_clock_rate", 0) or 0
+    if not clock_khz or not mem_khz:
+        sm_mhz, mem_mhz = _nvidia_smi_max_clocks_mhz(device)
+        clock_khz = clock_khz or sm_mhz * 1e3
+        mem_khz = mem_khz or mem_mhz * 1e3
     rates = _SM_FLOP_PER_CLOCK.get(arch)
     peaks = {}
     detail = []
@@ -230,7 +253,6 @@ def gpu_reference(device):
                       f"(FP32 {rates[0]}, TF32 {rates[1]}, BF16 {rates[2]} flop/clock) x {ghz:.2f} GHz")
     else:
         detail.append(f"no peak known for sm_{arch[0]}{arch[1]}: % of peak left out")
-    mem_khz = getattr(props, "memory_clock_rate", 0) or 0
     bus_bits = getattr(props, "memory_bus_width", 0) or 0
     if mem_khz and bus_bits:
         bandwidth = 2 * mem_khz * 1e3 * bus_bits / 8 / 1e9

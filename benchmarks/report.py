@@ -282,7 +282,8 @@ def _group_section(group_records, columns_meta):
         return out
     columns = _metric_columns(group_records)
     multi_dtype = len({r["dtype"] for r in group_records}) > 1
-    header = ["layer", "shapes (C×H×W)", "N", "pass"] + (["precision"] if multi_dtype else []) + \
+    is_model = first["kind"] == "model"
+    header = ["model" if is_model else "layer", "input (C×H×W)" if is_model else "shapes (C×H×W)", "N", "pass"] + (["precision"] if multi_dtype else []) + \
         ["impl", "median ms", "speed-up"] + [_METRIC_HEADERS[c] for c in columns]
     rows = []
     blocks = OrderedDict()
@@ -299,6 +300,15 @@ def _group_section(group_records, columns_meta):
             ref = timed_block[0]
             rows.append(lead + ["torch", _fmt_ms(ref["torch_median_s"]), ""] + _metric_cells(ref, columns, True))
             lead = ["", "", "", ""] + ([""] if multi_dtype else [])
+        untimed = [r for r in block if r["status"] not in TIMED]
+        if len(untimed) > 1 and len({(r["status"], r.get("note")) for r in untimed}) == 1:
+            # Every algorithm skipped for the same reason: say it once.
+            r = untimed[0]
+            label = "fastconv (all algorithms)" if len(untimed) == len(block) else \
+                ", ".join(_impl(u) for u in untimed)
+            rows.append(lead + [label, r["status"], (r.get("note") or "")[:160]] + [""] * len(columns))
+            lead = ["", "", "", ""] + ([""] if multi_dtype else [])
+            block = [r for r in block if r["status"] in TIMED]
         for r in block:
             if r["status"] in TIMED:
                 speed = _fmt_speedup(r["speedup"])
@@ -315,7 +325,7 @@ def _group_section(group_records, columns_meta):
     per_impl = defaultdict(lambda: defaultdict(list))
     for r in group_records:
         if r["status"] == "ok":
-            impl = r["algo"] or "fastconv"
+            impl = "fastconv.convert" if is_model else r["algo"] or "fastconv"
             per_impl[(impl, r["dtype"])][_column_key(r)].append(r["speedup"])
     if per_impl:
         lines = []
@@ -326,7 +336,7 @@ def _group_section(group_records, columns_meta):
             lines.append(f"- {label}: " + "; ".join(parts))
         out += ["**Geometric mean speed-up** (number of layers in brackets):", ""] + lines + [""]
     notes = [r for r in group_records if r.get("note") and r["status"] in TIMED]
-    if notes and first["kind"] == "model":
+    if notes and is_model:
         out += [f"- {r['case']}: {r['note']}" for r in {r['case']: r for r in notes}.values()] + [""]
     return out
 

@@ -82,6 +82,15 @@ def _unavailable_note(exc, spec, device):
     return text[:200]
 
 
+# A RuntimeError with one of these says the build does not support the case (a dtype, a device): the row
+# is skipped. Any other RuntimeError is a failure, reported as an error.
+_UNSUPPORTED = re.compile(r"not supported|unsupported|does not support|no CUDA kernels|not implemented", re.I)
+
+
+def _runtime_error_status(exc):
+    return "skipped" if _UNSUPPORTED.search(str(exc)) else "error"
+
+
 def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
     """Times one (layer, batch, pass, precision) and returns one record per fastconv algorithm."""
     label, dtype, allow_tf32 = precision
@@ -105,7 +114,7 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
         except NotImplementedError as exc:
             return skipped(_unavailable_note(exc, spec, device))
         except RuntimeError as exc:
-            return skipped(_unavailable_note(exc, spec, device), status="error")
+            return skipped(_unavailable_note(exc, spec, device), status=_runtime_error_status(exc))
         torch_out = prepared.torch_fn()
         sides, records = {"torch": prepared.torch_fn}, {}
         tolerance = TOLERANCE[label] * (MODEL_TOLERANCE_FACTOR if spec.kind == "model" else 1)
@@ -120,7 +129,8 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
                 records[side] = {**record, "status": "skipped", "note": _unavailable_note(exc, spec, device)}
                 continue
             except RuntimeError as exc:
-                records[side] = {**record, "status": "error", "note": _unavailable_note(exc, spec, device)}
+                records[side] = {**record, "status": _runtime_error_status(exc),
+                                 "note": _unavailable_note(exc, spec, device)}
                 continue
             max_abs, rel = prepared.check(torch_out, out)
             record.update(max_abs_diff=max_abs, rel_err=rel)
@@ -146,6 +156,8 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
             record["note"] = "; ".join(filter(None, [record["note"], *prepared.notes]))
         if torch_time.skipped or fast.skipped:
             record.update(status="skipped", note=torch_time.skipped or fast.skipped)
+            if torch_time.median_s is not None:
+                record["torch_median_s"] = torch_time.median_s
             out.append(record)
             continue
         record.update(
@@ -180,7 +192,7 @@ def _batches(pass_, train_batch):
 
 def _progress_line(records):
     first = records[0]
-    head = f"  {first['case']:<38s} N={first['batch']:<3d} {first['pass']:<17s} {first['dtype']:<8s}"
+    head = f"  {first['case']:<38s} N={first['batch']:<3d} {first['pass']:<17s} {first['dtype']:<9s}"
     ok = [r for r in records if "speedup" in r]
     if ok:
         parts = [f"torch {1e3 * ok[0]['torch_median_s']:.3f} ms"]
@@ -205,6 +217,8 @@ def parse_args(argv):
     parser.add_argument("--groups", default="", help=f"comma-separated subset of: {', '.join(g.key for g in cases.GROUPS)}")
     parser.add_argument("--filter", default="", help="only cases whose name contains this text")
     parser.add_argument("--train-batch", type=int, default=DEFAULT_TRAIN_BATCH, help="the training batch size")
+    parser.add_argument("--precision", default="",
+                        help="comma-separated subset of float32, tf32, bfloat16 (default: float32 on CPU, all on CUDA)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--peak-gflops", type=float, default=0.0, help="use this FP32 peak instead of measuring")
     parser.add_argument("--no-plots", action="store_true")
@@ -241,6 +255,9 @@ def main(argv=None):
                 print(f"    {spec.name:<42s} {spec.shape_label(1)}")
         return 0
     device = torch.device(args.device)
+    unknown = {p.strip() for p in args.precision.split(",") if p.strip()} - set(cases.PRECISIONS)
+    if unknown:
+        raise SystemExit(f"unknown precision(s): {', '.join(sorted(unknown))}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available to this torch")
     torch.manual_seed(0)
@@ -252,13 +269,14 @@ def main(argv=None):
     print(f"peak: {rates['peak_detail']}: {rates['peak_gflops']}", flush=True)
     monitor = machine.LoadMonitor().start()
     plan = PLANS[mode]
+    wanted_precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     records = []
     for group, specs in selection:
         print(f"{group.title}", flush=True)
         for spec in specs:
             for pass_ in group.passes:
                 for batch in _batches(pass_, args.train_batch):
-                    for precision in cases.precisions(device, spec):
+                    for precision in cases.precisions(device, spec, wanted_precisions):
                         rows = run_case(group, spec, batch, pass_, precision, device, plan, rates, info)
                         print(_progress_line(rows), flush=True)
                         records.extend(rows)

@@ -3,9 +3,11 @@ import json
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -75,10 +77,10 @@ def test_flop_and_byte_counts():
     assert depthwise.forward_flops(2) == 2 * 2 * 32 * 56 * 56 * 9
     dilated = cases.conv1d("dilated", 8, 8, 3, 100, padding=4, dilation=4)
     assert dilated.output_size() == (100,)
-    prepared = dilated.prepare(2, machine.torch.device("cpu"), machine.torch.float32, cases.FORWARD_BACKWARD)
+    prepared = dilated.prepare(2, torch.device("cpu"), torch.float32, cases.FORWARD_BACKWARD)
     assert prepared.flops == 3 * dilated.forward_flops(2)  # input and weight gradients
     stem = cases.conv2d("stem", 3, 4, 7, 16, 2, 3, input_grad=False)
-    prepared = stem.prepare(1, machine.torch.device("cpu"), machine.torch.float32, cases.FORWARD_BACKWARD)
+    prepared = stem.prepare(1, torch.device("cpu"), torch.float32, cases.FORWARD_BACKWARD)
     assert prepared.flops == 2 * stem.forward_flops(1)  # no input gradient for a first layer
 
 
@@ -92,6 +94,31 @@ def test_geomean_and_summary():
     ]
     cell = report.summarize(rows)[("g", "float32")]["n1"]
     assert cell["auto"] == pytest.approx(2.0) and cell["best"] == pytest.approx(2.0)
+
+
+def test_precisions_and_tf32_switch():
+    conv, pool = cases.RESNET18_LAYERS[0], cases.POOLING_LAYERS[0]
+    assert [p[0] for p in cases.precisions(torch.device("cpu"), conv)] == ["float32"]
+    assert [p[0] for p in cases.precisions(torch.device("cuda"), conv)] == ["float32", "tf32", "bfloat16"]
+    assert [p[0] for p in cases.precisions(torch.device("cuda"), pool)] == ["float32", "bfloat16"]
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with cases.tf32_mode(True):
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    with cases.tf32_mode(False):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_gpu_reference_from_device_properties(monkeypatch):
+    # An H100 SXM's properties: 132 SMs at 1.98 GHz, HBM3 at 2.619 GHz on a 5120-bit bus.
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, multi_processor_count=132,
+                                  clock_rate=1_980_000, memory_clock_rate=2_619_000, memory_bus_width=5120,
+                                  total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    ref = machine.gpu_reference(torch.device("cuda"))
+    assert ref["peak_gflops"]["float32"] == pytest.approx(66_908, rel=1e-3)  # the datasheet's 67 TFLOPS
+    assert ref["bandwidth_gbps"] == pytest.approx(3352, rel=1e-3)  # the datasheet's 3.35 TB/s
+    assert ref["peak_gflops"]["bfloat16"] == 2 * ref["peak_gflops"]["tf32"]
 
 
 def test_fma_peak_measurement_runs():
