@@ -530,8 +530,7 @@ MODELS = (
 
 GROUPS = (
     Group("resnet18", "conv2d: ResNet-18 layers", RESNET18_LAYERS,
-          quick=("conv1 7x7/2 (stem)", "layer1 3x3", "layer2.0 3x3/2", "layer3 3x3", "layer4 3x3",
-                 "layer3.0 downsample 1x1/2"),
+          quick=("conv1 7x7/2 (stem)", "layer1 3x3", "layer2.0 3x3/2", "layer3.0 downsample 1x1/2", "layer4 3x3"),
           description="Every distinct convolution of torchvision's ResNet-18 at 224x224."),
     Group("mobilenetv2_dw", "conv2d: MobileNetV2 depthwise 3x3", MOBILENETV2_DEPTHWISE,
           quick=("block1 dw 32ch", "block4 dw 144ch /2", "block12 dw 576ch"),

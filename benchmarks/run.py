@@ -24,7 +24,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks import cases, machine, report  # noqa: E402
-from benchmarks.timing import PLANS, time_interleaved  # noqa: E402
+from benchmarks.timing import PLANS, make_clock, time_interleaved  # noqa: E402
 
 DEFAULT_TRAIN_BATCH = 8
 
@@ -106,6 +106,8 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
     def skipped(note, status="skipped", algo_list=algos):
         return [{**base, "algo": a, "status": status, "note": note} for a in algo_list]
 
+    clock = make_clock(device)
+    started = clock()
     with cases.tf32_mode(allow_tf32) if device.type == "cuda" else contextlib.nullcontext():
         try:
             prepared = spec.prepare(batch, device, dtype, pass_)
@@ -115,7 +117,10 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
             return skipped(_unavailable_note(exc, spec, device))
         except RuntimeError as exc:
             return skipped(_unavailable_note(exc, spec, device), status=_runtime_error_status(exc))
+        first_call_s = {}
+        start = clock()
         torch_out = prepared.torch_fn()
+        first_call_s["torch"] = clock() - start
         sides, records = {"torch": prepared.torch_fn}, {}
         tolerance = TOLERANCE[label] * (MODEL_TOLERANCE_FACTOR if spec.kind == "model" else 1)
         for side, fn in prepared.fastconv_fns.items():
@@ -124,7 +129,9 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
             if spec.kind == "conv":
                 record["auto_algo"] = prepared.auto_algo
             try:
+                start = clock()
                 out = fn()
+                first_call_s[side] = clock() - start
             except NotImplementedError as exc:
                 records[side] = {**record, "status": "skipped", "note": _unavailable_note(exc, spec, device)}
                 continue
@@ -140,7 +147,10 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
             records[side] = record
             sides[side] = fn
         del torch_out
-        timings = time_interleaved(sides, device, plan) if len(sides) > 1 else {}
+        checked = clock()
+        timings = time_interleaved(sides, device, plan, first_call_s) if len(sides) > 1 else {}
+    # Where the case's wall time went: building inputs and the first calls with their checks, then timing.
+    wall = {"setup_and_check_s": checked - started, "timing_s": clock() - checked}
 
     torch_time = timings.get("torch")
     peak = rates["peak_gflops"].get(label)
@@ -161,6 +171,7 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
             out.append(record)
             continue
         record.update(
+            wall_s=wall,
             torch_median_s=torch_time.median_s, fastconv_median_s=fast.median_s,
             speedup=torch_time.median_s / fast.median_s,
             rounds=len(fast.samples_s), number_torch=torch_time.number, number_fastconv=fast.number,

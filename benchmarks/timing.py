@@ -1,11 +1,14 @@
 """Interleaved timing: every side of a comparison is sampled in turn, round after round.
 
 Each sample is a `torch.utils.benchmark.Timer.timeit(number)` of one side (the Timer runs with the
-threads torch is set to use, not its default of one, and with a timer that synchronises CUDA). The
-order of the sides rotates every round so that drift in the machine's speed (other processes, clock
+threads torch is set to use, not its default of one, and with a clock that synchronises CUDA), so
+`number` calls after Timer's own warm-up calls. A side slower than a whole sample is timed one call
+at a time with the same clock and without those warm-up calls, which would triple its cost. The order
+of the sides rotates every round so that drift in the machine's speed (other processes, clock
 changes) lands on all of them alike. The result per side is the median over rounds of the per-call
 time.
 """
+import gc
 import statistics
 import time
 from dataclasses import dataclass
@@ -52,20 +55,25 @@ class SideResult:
     skipped: str = None  # why this side was not timed
 
 
-def time_interleaved(sides, device, plan, threads=None):
+def time_interleaved(sides, device, plan, first_call_s=None, threads=None):
     """Median seconds per call of each side ({label: callable}), sampled in rotating order.
 
-    Each callable must already have run once (lazy initialisation, first-call allocations); this
-    runs each once more to size the samples.
+    Each callable must already have run once (lazy initialisation, first-call allocations).
+    `first_call_s` ({label: seconds} of that call) sizes the samples of slow sides without another
+    call; fast sides are calibrated on a few more calls.
     """
     clock = make_clock(device)
     threads = threads or torch.get_num_threads()
+    first_call_s = first_call_s or {}
     results = {label: SideResult() for label in sides}
     timers, per_call = {}, {}
     for label, fn in sides.items():
-        # Calibrate on the fastest of a few calls (one, for slow sides): one preempted call must not
-        # shrink every later sample to a single call.
-        fastest, spent = float("inf"), 0.0
+        # Calibrate on the fastest of a few calls: one preempted call must not shrink every later
+        # sample to a single call. A side whose first call already took half a sample is slow enough
+        # that its first call sizes it.
+        fastest, spent = first_call_s.get(label, float("inf")), 0.0
+        if fastest >= plan.sample_s / 2:
+            spent = fastest
         while spent < plan.sample_s / 2:
             start = clock()
             fn()
@@ -78,7 +86,16 @@ def time_interleaved(sides, device, plan, threads=None):
             continue
         timers[label] = Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock)
         results[label].number = max(1, int(plan.sample_s / per_call[label]))
-    round_cost = sum(max(per_call[label] * results[label].number, plan.sample_s) for label in timers)
+
+    def warmup_calls(label):
+        return 0 if per_call[label] >= plan.sample_s else max(results[label].number // 100, 2)
+
+    def sample(label):
+        if warmup_calls(label) == 0:
+            return _single_call(sides[label], clock)
+        return timers[label].timeit(results[label].number).median
+
+    round_cost = sum(per_call[label] * (results[label].number + warmup_calls(label)) for label in timers)
     rounds = plan.rounds
     while rounds > plan.min_rounds and rounds * round_cost > plan.case_budget_s:
         rounds -= 1
@@ -87,9 +104,21 @@ def time_interleaved(sides, device, plan, threads=None):
     for r in range(rounds):
         shift = r % len(labels) if labels else 0
         for label in labels[shift:] + labels[:shift]:
-            number = results[label].number
-            samples[label].append(timers[label].timeit(number).median)
+            samples[label].append(sample(label))
     for label in labels:
         results[label].samples_s = tuple(samples[label])
         results[label].median_s = statistics.median(samples[label])
     return results
+
+
+def _single_call(fn, clock):
+    """Seconds of one call, with the garbage collector paused as timeit pauses it."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        fn()
+        return clock() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
