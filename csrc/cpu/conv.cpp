@@ -1,6 +1,7 @@
 // CPU registration of the convolution ops: argument checks, layout preparation, algorithm dispatch.
 // The algorithms themselves live in conv_im2col.cpp and conv_direct.cpp.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include "common/conv_adapters.h"
@@ -36,6 +37,8 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                       const std::string& algo) {
   const ConvAlgo which = parse_conv_algo("conv2d", algo);
+  // The ATen calls inside are implementation details, never part of an autograd graph.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
   // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
@@ -56,6 +59,7 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
   const ConvAlgo which = parse_conv_algo("conv2d_backward", algo);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
