@@ -437,6 +437,7 @@ def write_plots(out_dir, records):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         return [], "skipped: matplotlib is not installed"
     written = []
@@ -451,10 +452,14 @@ def write_plots(out_dir, records):
             values = [r["speedup"] for r in rows]
             colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
             y = range(len(rows))
-            ax.barh(y, values, color=colors, height=0.7)
+            bars = ax.barh(y, values, color=colors, height=0.7)
+            ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values], fontsize=6, padding=2)
             ax.set_yticks(list(y), [_row_label(r) for r in rows], fontsize=7)
             ax.invert_yaxis()
             ax.set_xscale("log")
+            ax.set_xlim(min(min(values), 1.0) / 1.3, max(max(values), 1.0) * 1.6)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.axvline(1.0, color="black", linewidth=0.8)
             ax.set_title(title, fontsize=9, loc="left")
             ax.tick_params(axis="x", labelsize=7)
