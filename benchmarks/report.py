@@ -147,6 +147,9 @@ def _header(meta):
         rows.append(("GPU", f"{gpu['name']} ({gpu['arch']}, {gpu['sms']} SMs, {gpu['memory_gib']:.0f} GiB), "
                             f"cuDNN {meta.get('cudnn')}"))
     rows.append(("software", software))
+    if meta["device"] == "cuda":
+        rows.append(("cuDNN autotuning", "on (`--cudnn-benchmark`)" if meta.get("cudnn_benchmark")
+                     else "off (torch's default; `--cudnn-benchmark` turns it on)"))
     peaks = ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in ref["peak_gflops"].items()) or "unknown"
     rows.append(("peak", f"{peaks} ({ref['peak_detail']})"))
     if derived and ref.get("peak_method") != "derived":
@@ -334,7 +337,7 @@ def _group_section(group_records, columns_meta):
                      sorted(by_col.items(), key=lambda kv: list(cols).index(kv[0]))]
             label = impl + (f", {dtype}" if multi_dtype else "")
             lines.append(f"- {label}: " + "; ".join(parts))
-        out += ["**Geometric mean speed-up** (number of layers in brackets):", ""] + lines + [""]
+        out += ["**Geometric mean speed-up** (number of layers or models in brackets):", ""] + lines + [""]
     notes = [r for r in group_records if r.get("note") and r["status"] in TIMED]
     if notes and is_model:
         out += [f"- {r['case']}: {r['note']}" for r in {r['case']: r for r in notes}.values()] + [""]

@@ -87,8 +87,79 @@ def _unavailable_note(exc, spec, device):
 _UNSUPPORTED = re.compile(r"not supported|unsupported|does not support|no CUDA kernels|not implemented", re.I)
 
 
-def _runtime_error_status(exc):
-    return "skipped" if _UNSUPPORTED.search(str(exc)) else "error"
+def _failure(exc, spec, device):
+    """(status, note) for an exception from building or first running a case's fastconv side.
+
+    Missing kernels and unsupported dtypes or devices skip the row; anything else is an error (the run
+    goes on, and the report lists it)."""
+    note = _unavailable_note(exc, spec, device)
+    if isinstance(exc, (NotImplementedError, cases.CaseUnavailable)):
+        return "skipped", note
+    if isinstance(exc, RuntimeError) and _UNSUPPORTED.search(str(exc)):
+        return "skipped", note
+    return "error", f"{type(exc).__name__}: {note}"
+
+
+class TorchFailed(Exception):
+    """The reference side raised: nothing to compare with."""
+
+
+def _timed_call(fn, clock):
+    start = clock()
+    out = fn()
+    return out, clock() - start
+
+
+def _first_calls(prepared, base, spec, device, clock, tolerance):
+    """Runs every side once (lazy initialisation) and checks fastconv against torch.
+
+    Returns the sides that can be timed, a record per fastconv side, and each first call's seconds."""
+    try:
+        torch_out, torch_first = _timed_call(prepared.torch_fn, clock)
+    except Exception as exc:
+        raise TorchFailed(f"torch itself failed on this case: {type(exc).__name__}: {exc}") from exc
+    sides, records, first_call_s = {"torch": prepared.torch_fn}, {}, {"torch": torch_first}
+    for side, fn in prepared.fastconv_fns.items():
+        record = {**base, "algo": side if spec.kind != "pool" else None, "status": "ok", "note": None}
+        if spec.kind == "conv":
+            record["auto_algo"] = prepared.auto_algo
+        try:
+            out, first_call_s[side] = _timed_call(fn, clock)
+        except Exception as exc:  # one broken case must not end a long run: the report lists it
+            status, note = _failure(exc, spec, device)
+            records[side] = {**record, "status": status, "note": note}
+            continue
+        max_abs, rel = prepared.check(torch_out, out)
+        record.update(max_abs_diff=max_abs, rel_err=rel)
+        if not rel <= tolerance:
+            record.update(status="mismatch",
+                          note=f"output differs from torch: max|diff| / max|torch| = {rel:.2e} > {tolerance:g}")
+        records[side] = record
+        sides[side] = fn
+    return sides, records, first_call_s
+
+
+def _add_timings(record, prepared, torch_time, fast, rates):
+    """Fills a record with the medians, the speed-up and the rates derived from them."""
+    record.update(
+        torch_median_s=torch_time.median_s, fastconv_median_s=fast.median_s,
+        speedup=torch_time.median_s / fast.median_s,
+        rounds=len(fast.samples_s), number_torch=torch_time.number, number_fastconv=fast.number,
+        torch_samples_s=list(torch_time.samples_s), fastconv_samples_s=list(fast.samples_s),
+    )
+    peak = rates["peak_gflops"].get(record["dtype"])
+    bandwidth = rates.get("bandwidth_gbps")
+    if prepared.flops:
+        record.update(flops=prepared.flops, gflops=prepared.flops / fast.median_s / 1e9,
+                      gflops_torch=prepared.flops / torch_time.median_s / 1e9)
+        if peak:
+            record.update(pct_peak=100 * record["gflops"] / peak, pct_peak_torch=100 * record["gflops_torch"] / peak)
+    if prepared.bytes:
+        record.update(bytes=prepared.bytes, gbps=prepared.bytes / fast.median_s / 1e9,
+                      gbps_torch=prepared.bytes / torch_time.median_s / 1e9)
+        if bandwidth:
+            record.update(pct_bandwidth=100 * record["gbps"] / bandwidth,
+                          pct_bandwidth_torch=100 * record["gbps_torch"] / bandwidth)
 
 
 def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
@@ -102,92 +173,37 @@ def run_case(group, spec, batch, pass_, precision, device, plan, rates, info):
         "date": info["date"],
     }
     algos = list(cases.CONV_ALGOS) if spec.kind == "conv" else ["auto"] if spec.kind == "model" else [None]
-
-    def skipped(note, status="skipped", algo_list=algos):
-        return [{**base, "algo": a, "status": status, "note": note} for a in algo_list]
-
+    tolerance = TOLERANCE[label] * (MODEL_TOLERANCE_FACTOR if spec.kind == "model" else 1)
     clock = make_clock(device)
     started = clock()
     with cases.tf32_mode(allow_tf32) if device.type == "cuda" else contextlib.nullcontext():
         try:
             prepared = spec.prepare(batch, device, dtype, pass_)
-        except cases.CaseUnavailable as exc:
-            return skipped(str(exc))
-        except NotImplementedError as exc:
-            return skipped(_unavailable_note(exc, spec, device))
-        except RuntimeError as exc:
-            return skipped(_unavailable_note(exc, spec, device), status=_runtime_error_status(exc))
-        first_call_s = {}
-        start = clock()
-        torch_out = prepared.torch_fn()
-        first_call_s["torch"] = clock() - start
-        sides, records = {"torch": prepared.torch_fn}, {}
-        tolerance = TOLERANCE[label] * (MODEL_TOLERANCE_FACTOR if spec.kind == "model" else 1)
-        for side, fn in prepared.fastconv_fns.items():
-            algo = side if spec.kind != "pool" else None
-            record = {**base, "algo": algo, "status": "ok", "note": None}
-            if spec.kind == "conv":
-                record["auto_algo"] = prepared.auto_algo
-            try:
-                start = clock()
-                out = fn()
-                first_call_s[side] = clock() - start
-            except NotImplementedError as exc:
-                records[side] = {**record, "status": "skipped", "note": _unavailable_note(exc, spec, device)}
-                continue
-            except RuntimeError as exc:
-                records[side] = {**record, "status": _runtime_error_status(exc),
-                                 "note": _unavailable_note(exc, spec, device)}
-                continue
-            max_abs, rel = prepared.check(torch_out, out)
-            record.update(max_abs_diff=max_abs, rel_err=rel)
-            if not rel <= tolerance:
-                record.update(status="mismatch",
-                              note=f"output differs from torch: max|diff| / max|torch| = {rel:.2e} > {tolerance:g}")
-            records[side] = record
-            sides[side] = fn
-        del torch_out
+            sides, records, first_call_s = _first_calls(prepared, base, spec, device, clock, tolerance)
+        except TorchFailed as exc:
+            return [{**base, "algo": a, "status": "error", "note": str(exc)[:300]} for a in algos]
+        except Exception as exc:  # the case cannot be built in this build or environment
+            status, note = _failure(exc, spec, device)
+            return [{**base, "algo": a, "status": status, "note": note} for a in algos]
         checked = clock()
         timings = time_interleaved(sides, device, plan, first_call_s) if len(sides) > 1 else {}
-    # Where the case's wall time went: building inputs and the first calls with their checks, then timing.
+    # Where the case's wall time went: inputs and first calls with their checks, then timing.
     wall = {"setup_and_check_s": checked - started, "timing_s": clock() - checked}
 
-    torch_time = timings.get("torch")
-    peak = rates["peak_gflops"].get(label)
-    bandwidth = rates.get("bandwidth_gbps")
     out = []
     for side, record in records.items():
-        if record["status"] not in ("ok", "mismatch"):
-            out.append(record)
-            continue
-        fast = timings[side]
-        record["workspace_bytes"] = prepared.workspace.get(side)
-        if prepared.notes:
-            record["note"] = "; ".join(filter(None, [record["note"], *prepared.notes]))
-        if torch_time.skipped or fast.skipped:
-            record.update(status="skipped", note=torch_time.skipped or fast.skipped)
-            if torch_time.median_s is not None:
-                record["torch_median_s"] = torch_time.median_s
-            out.append(record)
-            continue
-        record.update(
-            wall_s=wall,
-            torch_median_s=torch_time.median_s, fastconv_median_s=fast.median_s,
-            speedup=torch_time.median_s / fast.median_s,
-            rounds=len(fast.samples_s), number_torch=torch_time.number, number_fastconv=fast.number,
-            torch_samples_s=list(torch_time.samples_s), fastconv_samples_s=list(fast.samples_s),
-        )
-        if prepared.flops:
-            record.update(flops=prepared.flops, gflops=prepared.flops / fast.median_s / 1e9,
-                          gflops_torch=prepared.flops / torch_time.median_s / 1e9)
-            if peak:
-                record.update(pct_peak=100 * record["gflops"] / peak, pct_peak_torch=100 * record["gflops_torch"] / peak)
-        if prepared.bytes:
-            record.update(bytes=prepared.bytes, gbps=prepared.bytes / fast.median_s / 1e9,
-                          gbps_torch=prepared.bytes / torch_time.median_s / 1e9)
-            if bandwidth:
-                record.update(pct_bandwidth=100 * record["gbps"] / bandwidth,
-                              pct_bandwidth_torch=100 * record["gbps_torch"] / bandwidth)
+        if record["status"] in ("ok", "mismatch"):
+            record["workspace_bytes"] = prepared.workspace.get(side)
+            record["wall_s"] = wall
+            if prepared.notes:
+                record["note"] = "; ".join(filter(None, [record["note"], *prepared.notes]))
+            torch_time, fast = timings["torch"], timings[side]
+            if torch_time.skipped or fast.skipped:
+                record.update(status="skipped", note=torch_time.skipped or fast.skipped)
+                if torch_time.median_s is not None:
+                    record["torch_median_s"] = torch_time.median_s
+            else:
+                _add_timings(record, prepared, torch_time, fast, rates)
         out.append(record)
     return out
 
@@ -230,6 +246,8 @@ def parse_args(argv):
     parser.add_argument("--train-batch", type=int, default=DEFAULT_TRAIN_BATCH, help="the training batch size")
     parser.add_argument("--precision", default="",
                         help="comma-separated subset of float32, tf32, bfloat16 (default: float32 on CPU, all on CUDA)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN autotune its algorithms (torch.backends.cudnn.benchmark) for the torch side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--peak-gflops", type=float, default=0.0, help="use this FP32 peak instead of measuring")
     parser.add_argument("--no-plots", action="store_true")
@@ -271,6 +289,8 @@ def main(argv=None):
         raise SystemExit(f"unknown precision(s): {', '.join(sorted(unknown))}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available to this torch")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
     started = time.perf_counter()
     info = machine.describe(device)
@@ -295,6 +315,7 @@ def main(argv=None):
         **info, "mode": mode, "train_batch": args.train_batch, "timing_plan": vars(plan),
         "reference": {k: v for k, v in rates.items() if k != "gpu"}, "gpu": rates.get("gpu"),
         "load": monitor.stop(), "duration_s": time.perf_counter() - started,
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     out_dir = Path(args.out)

@@ -81,7 +81,7 @@ def time_interleaved(sides, device, plan, first_call_s=None, threads=None):
             fastest, spent = min(fastest, elapsed), spent + elapsed
         per_call[label] = max(fastest, 1e-7)
         if per_call[label] > plan.max_call_s:
-            results[label].skipped = (f"not timed: one call takes {per_call[label]:.1f} s, over this mode's "
+            results[label].skipped = (f"{label} not timed: one call takes {per_call[label]:.1f} s, over this mode's "
                                       f"{plan.max_call_s:.0f} s limit")
             continue
         timers[label] = Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock)
