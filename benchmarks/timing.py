@@ -71,9 +71,9 @@ def time_interleaved(sides, device, plan, first_call_s=None, threads=None):
         # Calibrate on the fastest of a few calls: one preempted call must not shrink every later
         # sample to a single call. A side whose first call already took half a sample is slow enough
         # that its first call sizes it.
-        fastest, spent = first_call_s.get(label, float("inf")), 0.0
-        if fastest >= plan.sample_s / 2:
-            spent = fastest
+        fastest, spent = float("inf"), 0.0
+        if label in first_call_s and first_call_s[label] >= plan.sample_s / 2:
+            fastest = spent = first_call_s[label]
         while spent < plan.sample_s / 2:
             start = clock()
             fn()

@@ -126,3 +126,23 @@ def test_fma_peak_measurement_runs():
     if peak is None:
         pytest.skip("no C compiler: the report falls back to the derived peak")
     assert peak["method"] == "measured" and peak["gflops"] > 0
+
+
+def test_interleaved_timing_with_and_without_first_call_times():
+    from benchmarks.timing import PLANS, time_interleaved
+
+    calls = {"a": 0, "b": 0}
+
+    def side(name):
+        def call():
+            calls[name] += 1
+        return call
+
+    sides = {"a": side("a"), "b": side("b")}
+    plan = PLANS["smoke"]
+    for hints in (None, {"a": 1e-6, "b": 1e-6}):
+        results = time_interleaved(sides, torch.device("cpu"), plan, hints)
+        for result in results.values():
+            assert result.skipped is None
+            assert len(result.samples_s) == plan.rounds and result.median_s > 0
+    assert calls["a"] > plan.rounds and calls["b"] > plan.rounds
