@@ -501,6 +501,19 @@ MOBILENETV2_DEPTHWISE = (
     depthwise3x3("block15 dw 960ch", 960, 7, 1),
 )
 
+GROUPED_LAYERS = (
+    # ResNeXt-50 32x4d's grouped 3x3 convolutions (the stride-1 one of each stage).
+    conv2d("ResNeXt-50 layer1 3x3 g32 (4/group)", 128, 128, 3, 56, 1, 1, groups=32),
+    conv2d("ResNeXt-50 layer2 3x3 g32 (8/group)", 256, 256, 3, 28, 1, 1, groups=32),
+    conv2d("ResNeXt-50 layer3 3x3 g32 (16/group)", 512, 512, 3, 14, 1, 1, groups=32),
+    conv2d("ResNeXt-50 layer4 3x3 g32 (32/group)", 1024, 1024, 3, 7, 1, 1, groups=32),
+    # Channels per group from 2 to 16 on one shape: where im2col starts to beat direct (algo="auto").
+    conv2d("128ch 3x3, 2/group", 128, 128, 3, 28, 1, 1, groups=64),
+    conv2d("128ch 3x3, 4/group", 128, 128, 3, 28, 1, 1, groups=32),
+    conv2d("128ch 3x3, 8/group", 128, 128, 3, 28, 1, 1, groups=16),
+    conv2d("128ch 3x3, 16/group", 128, 128, 3, 28, 1, 1, groups=8),
+)
+
 CONV1D_LAYERS = (
     # Raw-waveform front ends: long kernels, large strides, one input channel (1 s of 16 kHz audio).
     conv1d("M5 front end k80/16", 1, 128, 80, 16000, stride=16, input_grad=False),
@@ -535,6 +548,10 @@ GROUPS = (
     Group("mobilenetv2_dw", "conv2d: MobileNetV2 depthwise 3x3", MOBILENETV2_DEPTHWISE,
           quick=("block1 dw 32ch", "block4 dw 144ch /2", "block12 dw 576ch"),
           description="The depthwise 3x3 convolutions of MobileNetV2 at 224x224 (memory-bound: see GB/s)."),
+    Group("grouped", "conv2d: grouped 3x3", GROUPED_LAYERS,
+          quick=("128ch 3x3, 2/group", "128ch 3x3, 8/group"),
+          description="ResNeXt-50 32x4d's grouped convolutions, and a sweep of channels per group that shows "
+                      "where algo=\"auto\" should switch from direct to im2col."),
     Group("conv1d", "conv1d: audio and sequence models", CONV1D_LAYERS,
           quick=("M5 front end k80/16", "TCN k3", "TCN k3 dilation 4"),
           description="Raw-waveform front ends (1 s at 16 kHz), 3-tap, dilated and text convolutions."),

@@ -275,9 +275,12 @@ def _metric_cells(record, columns, torch_side):
     return cells
 
 
-def _group_section(group_records, columns_meta):
+def _group_section(group_records, meta):
     first = group_records[0]
     out = [f"## {first['group_title']}", ""]
+    description = ((meta.get("groups") or {}).get(first["group"]) or {}).get("description")
+    if description:
+        out += [description, ""]
     timed = [r for r in group_records if r["status"] in TIMED]
     if not timed:
         notes = list(OrderedDict.fromkeys(r.get("note") or r["status"] for r in group_records))
@@ -324,7 +327,7 @@ def _group_section(group_records, columns_meta):
             lead = ["", "", "", ""] + ([""] if multi_dtype else [])
     out += [_table(header, rows), ""]
     # Geometric means per implementation and column.
-    cols = _summary_columns(columns_meta)
+    cols = _summary_columns(meta)
     per_impl = defaultdict(lambda: defaultdict(list))
     for r in group_records:
         if r["status"] == "ok":

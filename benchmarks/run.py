@@ -316,6 +316,7 @@ def main(argv=None):
         "reference": {k: v for k, v in rates.items() if k != "gpu"}, "gpu": rates.get("gpu"),
         "load": monitor.stop(), "duration_s": time.perf_counter() - started,
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
+        "groups": {group.key: {"title": group.title, "description": group.description} for group, _ in selection},
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     out_dir = Path(args.out)
