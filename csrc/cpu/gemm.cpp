@@ -51,24 +51,16 @@ constexpr int64_t KC = 256;
 constexpr int64_t MC_ROWS_TARGET = 192;
 constexpr int64_t NC = 4096;
 
-template <typename T>
-struct KernelSet {
-  int mr, nr;
-  void (*micro)(int64_t, const T*, const T*, T*, int64_t, bool);
-  void (*pack_a)(int64_t, int64_t, const T*, int64_t, int64_t, T*);
-  void (*pack_b)(int64_t, int64_t, const T*, int64_t, int64_t, T*);
-};
-
-#define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                              \
-  KernelSet<T> {                                                                                      \
-    MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::pack_a_strip<T, MR>,               \
-        &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>                                                  \
+#define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                                  \
+  MicroKernels<T> {                                                                                       \
+    MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
+        &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>                            \
   }
 
 // Register budgets: AVX-512 has 32 vector registers (12 x 2 accumulators + operands),
 // AVX2 and the baseline 16 (6 x 2 and 4 x 2).
 template <typename T>
-KernelSet<T> kernels_for_cpu() {
+MicroKernels<T> kernels_for_cpu() {
 #ifdef FASTCONV_HAVE_X86_KERNELS
   switch (active_cpu_isa()) {
     case CpuIsa::Avx512: return FASTCONV_KERNEL_SET(isa_avx512, T, 12, 2);
@@ -80,8 +72,8 @@ KernelSet<T> kernels_for_cpu() {
 }
 
 template <typename T>
-const KernelSet<T>& kernels() {
-  static const KernelSet<T> set = kernels_for_cpu<T>();
+const MicroKernels<T>& kernels() {
+  static const MicroKernels<T> set = kernels_for_cpu<T>();
   return set;
 }
 
@@ -110,7 +102,7 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_rs, int64_
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, T(0));
     return;
   }
-  const KernelSet<T>& ks = kernels<T>();
+  const MicroKernels<T>& ks = kernels<T>();
   const int64_t mr = ks.mr, nr = ks.nr;
   const int64_t mc = std::max<int64_t>(mr, MC_ROWS_TARGET / mr * mr);
   const int64_t nc = std::min<int64_t>(NC, (n + nr - 1) / nr * nr);
@@ -191,6 +183,13 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t element_si
   const int64_t nc = std::min<int64_t>(NC, round_up(n, nr));
   return (kc * nc + kc * mc) * element_size + 128;
 }
+
+template <typename T>
+const MicroKernels<T>& micro_kernels() {
+  return kernels<T>();
+}
+template const MicroKernels<float>& micro_kernels<float>();
+template const MicroKernels<double>& micro_kernels<double>();
 
 template void gemm_packed_b<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const BPacker<float>&,
                                    float*, int64_t, bool);

@@ -31,6 +31,23 @@ void gemm_packed_b(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_st
 // Bytes of packing buffers one gemm call of this size allocates.
 int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t element_size);
 
+// The register-blocked kernels of the instruction set in use (common/cpu_features.h), for callers that
+// drive them directly (the direct convolution). C tiles are MR x NR, NR a multiple of the vector width.
+template <typename T>
+struct MicroKernels {
+  int mr, nr;
+  // C(mr x nr) = / += A_packed(kc x mr, column-major strips) * B_packed(kc x nr)
+  void (*micro)(int64_t kc, const T* a_packed, const T* b_packed, T* c, int64_t ldc, bool accumulate);
+  // C(mr x nr) = A * B_packed, A read in place: A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]
+  void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
+                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc);
+  void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
+  void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
+};
+
+template <typename T>
+const MicroKernels<T>& micro_kernels();
+
 template <typename T>
 void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
           int64_t b_row_stride, int64_t b_col_stride, T* c, int64_t ldc, bool accumulate);
