@@ -225,7 +225,9 @@ class ConvSpec:
         )
         prepared.auto_algo = resolve_auto_algo(self, x, w)
         for algo in CONV_ALGOS:
-            prepared.workspace[algo] = conv_workspace_bytes(self, x, w, prepared.auto_algo if algo == "auto" else algo)
+            # auto: ask for what fastconv.functional resolved it to; when that is unknown, let the op decide.
+            asked = prepared.auto_algo or "auto" if algo == "auto" else algo
+            prepared.workspace[algo] = conv_workspace_bytes(self, x, w, asked)
         return prepared
 
 
