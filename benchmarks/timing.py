@@ -55,12 +55,13 @@ class SideResult:
     skipped: str = None  # why this side was not timed
 
 
-def time_interleaved(sides, device, plan, first_call_s=None, threads=None):
+def time_interleaved(sides, device, plan, first_call_s=None, always_time=("torch",), threads=None):
     """Median seconds per call of each side ({label: callable}), sampled in rotating order.
 
     Each callable must already have run once (lazy initialisation, first-call allocations).
     `first_call_s` ({label: seconds} of that call) sizes the samples of slow sides without another
-    call; fast sides are calibrated on a few more calls.
+    call; fast sides are calibrated on a few more calls. Sides slower than `plan.max_call_s` are not
+    timed, except those in `always_time` (the reference everything is compared with).
     """
     clock = make_clock(device)
     threads = threads or torch.get_num_threads()
@@ -80,7 +81,7 @@ def time_interleaved(sides, device, plan, first_call_s=None, threads=None):
             elapsed = clock() - start
             fastest, spent = min(fastest, elapsed), spent + elapsed
         per_call[label] = max(fastest, 1e-7)
-        if per_call[label] > plan.max_call_s:
+        if per_call[label] > plan.max_call_s and label not in always_time:
             results[label].skipped = (f"{label} not timed: one call takes {per_call[label]:.1f} s, over this mode's "
                                       f"{plan.max_call_s:.0f} s limit")
             continue
