@@ -173,12 +173,6 @@ def derived_cpu_peak(threads):
     }
 
 
-def cpu_peak(threads, measure=True):
-    """The FP32 peak used for '% of peak': measured when possible, else derived; None if neither works."""
-    threads = max(1, min(threads, os.cpu_count() or threads))
-    return (measure_cpu_peak(threads) if measure else None) or derived_cpu_peak(threads)
-
-
 def measure_copy_bandwidth(device, mib=256, repeats=5):
     """GB/s of a large tensor copy on `device`, counting the bytes read plus the bytes written."""
     numel = mib * 2**20 // 4
