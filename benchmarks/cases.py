@@ -19,6 +19,7 @@ Counting conventions (also written into every report):
 import contextlib
 import copy
 import inspect
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -190,7 +191,7 @@ class ConvSpec:
         b = torch.randn(self.out_channels, device=device, dtype=dtype) if self.bias else None
         conv_args = (self.stride, self.padding, self.dilation, self.groups)
         elt = x.element_size()
-        fwd_bytes = (x.numel() + w.numel() + batch * self.out_channels * _prod(self.output_size())) * elt
+        fwd_bytes = (x.numel() + w.numel() + batch * self.out_channels * math.prod(self.output_size())) * elt
         flops = self.forward_flops(batch)
         if pass_ == FORWARD:
             def run(conv, **kw):
@@ -229,13 +230,6 @@ class ConvSpec:
             asked = prepared.auto_algo or "auto" if algo == "auto" else algo
             prepared.workspace[algo] = conv_workspace_bytes(self, x, w, asked)
         return prepared
-
-
-def _prod(values):
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def resolve_auto_algo(spec, x, w):
@@ -376,7 +370,7 @@ def _conv_forward_flops(model, example):
 
     def hook(module, inputs, output):
         w = module.weight
-        total[0] += 2.0 * output.numel() * w.shape[1] * _prod(w.shape[2:])
+        total[0] += 2.0 * output.numel() * w.shape[1] * math.prod(w.shape[2:])
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
