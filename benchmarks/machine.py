@@ -358,7 +358,7 @@ def describe(device):
     except ImportError:
         info["torchvision"] = None
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
@@ -367,5 +367,5 @@ def describe(device):
 def machine_label(info):
     """A one-line name of the machine for the report's title and every record."""
     if info["device"] == "cuda":
-        return f"{info['gpu']} (CUDA {info['cuda']}), host {info['cpu']}"
+        return f"{info['gpu_name']} (CUDA {info['cuda']}), host {info['cpu']}"
     return f"{info['cpu']}, {info['logical_cpus']} logical CPUs, {info['cpu_isa']}, {info['threads']} torch threads"

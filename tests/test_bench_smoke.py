@@ -146,3 +146,18 @@ def test_interleaved_timing_with_and_without_first_call_times():
             assert result.skipped is None
             assert len(result.samples_s) == plan.rounds and result.median_s > 0
     assert calls["a"] > plan.rounds and calls["b"] > plan.rounds
+
+
+def test_report_renders_gpu_runs(smoke_run, tmp_path):
+    """The CUDA-only parts of the report (GPU row, precisions) render, from the smoke run's records."""
+    _, results = smoke_run
+    meta = dict(results["meta"], device="cuda", gpu_name="NVIDIA H100 80GB HBM3", cuda="13.0", cudnn=91000,
+                cudnn_benchmark=False,
+                gpu={"name": "NVIDIA H100 80GB HBM3", "arch": "sm_90", "sms": 132, "memory_gib": 79.6})
+    records = []
+    for dtype in ("float32", "tf32", "bfloat16"):
+        records += [dict(r, device="cuda", dtype=dtype) for r in results["records"]]
+    written = report.write_all(tmp_path, meta, records, plots=False)
+    text = written[0].read_text()
+    assert "report: GPU" in text and "sm_90" in text and "cuDNN autotuning" in text
+    assert "| precision |" in text and "tf32" in text
