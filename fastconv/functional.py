@@ -93,8 +93,6 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _conv_param(padding, "padding", spatial_dims)
-    if algo == "auto":
-        algo = choose_conv_algo(input.shape[1], weight.shape[0], tuple(weight.shape[2:]), groups)
     op = _ops_ns.conv1d if spatial_dims == 1 else _ops_ns.conv2d
     out = op(input, weight, bias, stride, padding, dilation, groups, algo)
     return out.squeeze(0) if unbatched else out
