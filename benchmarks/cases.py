@@ -18,7 +18,6 @@ Counting conventions (also written into every report):
 """
 import contextlib
 import copy
-import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +48,6 @@ class Prepared:
     flops: float = 0.0  # per call; 0 where FLOPs mean nothing (pooling)
     bytes: float = 0.0  # minimum memory traffic per call
     workspace: dict = field(default_factory=dict)  # algo label -> bytes (None when unknown)
-    auto_algo: str = None  # what algo="auto" resolves to, when known
     check: object = None  # callable(torch_out, fastconv_out) -> (max_abs_diff, rel_err)
     notes: list = field(default_factory=list)
 
@@ -224,38 +222,9 @@ class ConvSpec:
             bytes=total_bytes,
             check=_elementwise_error,
         )
-        prepared.auto_algo = resolve_auto_algo(self, x, w)
-        for algo in CONV_ALGOS:
-            # auto: ask for what fastconv.functional resolved it to; when that is unknown, let the op decide.
-            asked = prepared.auto_algo or "auto" if algo == "auto" else algo
-            prepared.workspace[algo] = conv_workspace_bytes(self, x, w, asked)
+        for algo in CONV_ALGOS:  # "auto" is resolved by the op itself, as in the timed calls
+            prepared.workspace[algo] = conv_workspace_bytes(self, x, w, algo)
         return prepared
-
-
-def resolve_auto_algo(spec, x, w):
-    """What fastconv's algo="auto" picks for this layer, asking choose_conv_algo with the arguments it
-    names (so a richer rule keeps working); None when that cannot be answered."""
-    chooser = getattr(FC, "choose_conv_algo", None)
-    if chooser is None:
-        return None
-    known = {
-        "in_channels": spec.in_channels, "out_channels": spec.out_channels, "kernel_size": spec.kernel,
-        "groups": spec.groups, "stride": spec.stride, "padding": spec.padding, "dilation": spec.dilation,
-        "input": x, "weight": w, "input_shape": tuple(x.shape), "input_size": tuple(x.shape[2:]),
-        "batch": x.shape[0], "batch_size": x.shape[0], "device": x.device, "dtype": x.dtype,
-    }
-    try:
-        signature = inspect.signature(chooser)
-        kwargs = {}
-        for name, param in signature.parameters.items():
-            if name in known:
-                kwargs[name] = known[name]
-            elif param.default is inspect.Parameter.empty and param.kind not in (param.VAR_POSITIONAL,
-                                                                                 param.VAR_KEYWORD):
-                return None
-        return chooser(**kwargs)
-    except Exception:  # a rule that needs something we do not know: say "unknown" rather than guess
-        return None
 
 
 def conv_workspace_bytes(spec, x, w, algo):
@@ -442,7 +411,7 @@ class ModelSpec:
                 return call
             total_flops = 3 * flops
         return Prepared(torch_fn=run(reference), fastconv_fns={"auto": run(converted)}, flops=total_flops,
-                        workspace={"auto": None}, auto_algo=None, check=_elementwise_error, notes=notes)
+                        workspace={"auto": None}, check=_elementwise_error, notes=notes)
 
 
 def _torchvision_model(name):

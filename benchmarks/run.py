@@ -132,8 +132,6 @@ def _first_calls(prepared, base, spec, device, clock, tolerance):
     sides, records, first_call_s = {"torch": prepared.torch_fn}, {}, {"torch": torch_first}
     for side, fn in prepared.fastconv_fns.items():
         record = {**base, "algo": side if spec.kind != "pool" else None, "status": "ok", "note": None}
-        if spec.kind == "conv":
-            record["auto_algo"] = prepared.auto_algo
         try:
             out, first_call_s[side] = _timed_call(fn, clock)
         except Exception as exc:  # one broken case must not end a long run: the report lists it

@@ -39,6 +39,4 @@ def test_operator(benchmark, bench_case, bench_device):
     benchmark.extra_info.update(side=side, shapes=spec.shape_label(batch), flops=prepared.flops,
                                 bytes=prepared.bytes, workspace_bytes=prepared.workspace.get(side),
                                 threads=torch.get_num_threads())
-    if side == "auto":
-        benchmark.extra_info["auto_algo"] = prepared.auto_algo
     benchmark(_synchronised(fn, bench_device))
