@@ -125,7 +125,9 @@ def _header(meta):
     if share is not None and share > NOISY_SHARE:
         out += [f"> **Noisy machine:** other processes used {100 * share:.0f}% of the machine's CPU time during "
                 "this run. Both sides were sampled in turn, so the speed-ups are fairer than the absolute times, "
-                "but all numbers are noisier than on a quiet machine.", ""]
+                "but all numbers are noisier than on a quiet machine. Multi-threaded kernels suffer most: a thread "
+                "that loses its core stalls the others at every barrier; on a shared machine, `--threads 1` gives "
+                "steadier numbers.", ""]
     ref = meta["reference"]
     measured = ref.get("measured_peak_gflops")
     if measured and ref.get("peak_method") == "derived":
