@@ -368,4 +368,5 @@ def machine_label(info):
     """A one-line name of the machine for the report's title and every record."""
     if info["device"] == "cuda":
         return f"{info['gpu_name']} (CUDA {info['cuda']}), host {info['cpu']}"
-    return f"{info['cpu']}, {info['logical_cpus']} logical CPUs, {info['cpu_isa']}, {info['threads']} torch threads"
+    threads = f"{info['threads']} torch thread{'s' if info['threads'] != 1 else ''}"
+    return f"{info['cpu']}, {info['logical_cpus']} logical CPUs, {info['cpu_isa']}, {threads}"

@@ -103,8 +103,10 @@ def _failure(exc, spec, device):
 
     Missing kernels and unsupported dtypes or devices skip the row; anything else is an error (the run
     goes on, and the report lists it)."""
+    if isinstance(exc, cases.CaseUnavailable):
+        return "skipped", str(exc)
     note = _unavailable_note(exc, spec, device)
-    if isinstance(exc, (NotImplementedError, cases.CaseUnavailable)):
+    if isinstance(exc, NotImplementedError):
         return "skipped", note
     if isinstance(exc, RuntimeError) and _UNSUPPORTED.search(str(exc)):
         return "skipped", note
