@@ -169,7 +169,7 @@ def derived_cpu_peak(threads):
         "gflops": gflops,
         "method": "derived",
         "detail": (f"derived: {spec['label']} ({lanes} FP32 lanes) x {ASSUMED_FMA_PIPES} FMA pipes (assumed) x 2 flops "
-                   f"x {threads} threads x {clock:.2f} GHz (/proc/cpuinfo)"),
+                   f"x {threads} thread{'s' if threads != 1 else ''} x {clock:.2f} GHz (nominal clock, /proc/cpuinfo)"),
     }
 
 
