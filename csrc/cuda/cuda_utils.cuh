@@ -67,9 +67,23 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
 #endif
 }
 
+// A kernel's dynamic shared memory (the size is given at launch) as an array of `type`.
+#ifdef FASTCONV_CUDA_SIM
+#define FASTCONV_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::fastconv::sim::dynamic_shared_memory())
+#else
+#define FASTCONV_DYNAMIC_SHARED(type, name)                                   \
+  extern __shared__ __align__(16) unsigned char fastconv_dynamic_shared_[]; \
+  type* name = reinterpret_cast<type*>(fastconv_dynamic_shared_)
+#endif
+
 // Blocks for a grid-stride loop over `work` items, kThreads per block. Capped: the loop covers the rest.
 inline unsigned grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 0, int64_t(1) << 20));
+}
+
+// Blocks for a loop over `blocks` units of work, one block each at a time (see the kernels' block loops).
+inline unsigned grid_for_blocks(int64_t blocks) {
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 0, int64_t(1) << 20));
 }
 
