@@ -75,7 +75,7 @@ bool choose_tiling(int64_t height, int64_t width, int64_t channels_to_stage, int
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward
+// Forward (kernels read ConvGeometry's fields only: its member functions are host code)
 // ---------------------------------------------------------------------------------------------
 
 // Block work item: (image, group, block of CB output channels, output tile), in a block loop.
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(256)
   const int tid = ty * blockDim.x + tx, threads = blockDim.x * blockDim.y;
   const int stride_h = g.stride_h, stride_w = g.stride_w, dil_h = g.dil_h, dil_w = g.dil_w;
   const int kernel_w = g.kernel_w;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t tiles = t.tiles_h * t.tiles_w;
   const int64_t work = g.batch * g.groups * t.channel_blocks * tiles;
@@ -144,8 +144,10 @@ __global__ void __launch_bounds__(256)
       __syncthreads();
     }
     if (active) {
-      for (int k = 0; k < oc_count; ++k)
-        output[((n * g.out_channels + oc0 + k) * g.out_h + oh) * g.out_w + ow] = static_cast<scalar_t>(acc[k]);
+#pragma unroll  // constant indices keep acc[] in registers
+      for (int k = 0; k < CB; ++k)
+        if (k < oc_count)
+          output[((n * g.out_channels + oc0 + k) * g.out_h + oh) * g.out_w + ow] = static_cast<scalar_t>(acc[k]);
     }
   }
 }
@@ -155,7 +157,7 @@ template <typename scalar_t>
 __global__ void direct_forward_gather_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                                              scalar_t* __restrict__ output, ConvGeometry g) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
   const int64_t taps = g.kernel_h * g.kernel_w, out_plane = g.out_h * g.out_w;
   const int64_t total = g.batch * g.out_channels * out_plane;
   FASTCONV_KERNEL_LOOP(int64_t, i, total) {
@@ -207,7 +209,7 @@ __global__ void __launch_bounds__(256)
   const int tid = ty * blockDim.x + tx, threads = blockDim.x * blockDim.y;
   const int stride_h = g.stride_h, stride_w = g.stride_w, dil_h = g.dil_h, dil_w = g.dil_w;
   const int pad_h = g.pad_h, pad_w = g.pad_w, kernel_w = g.kernel_w;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t tiles = t.tiles_h * t.tiles_w;
   const int64_t work = g.batch * g.groups * t.channel_blocks * tiles;
@@ -267,9 +269,11 @@ __global__ void __launch_bounds__(256)
       __syncthreads();
     }
     if (active) {
-      for (int k = 0; k < ic_count; ++k)
-        grad_input[((n * g.in_channels + grp * cin_g + icl0 + k) * g.in_h + ih) * g.in_w + iw] =
-            static_cast<scalar_t>(acc[k]);
+#pragma unroll  // constant indices keep acc[] in registers
+      for (int k = 0; k < CB; ++k)
+        if (k < ic_count)
+            grad_input[((n * g.in_channels + grp * cin_g + icl0 + k) * g.in_h + ih) * g.in_w + iw] =
+              static_cast<scalar_t>(acc[k]);
     }
   }
 }
@@ -280,7 +284,7 @@ __global__ void direct_grad_input_gather_kernel(const scalar_t* __restrict__ gra
                                                 const scalar_t* __restrict__ weight,
                                                 scalar_t* __restrict__ grad_input, ConvGeometry g) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
   const int64_t taps = g.kernel_h * g.kernel_w, in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t total = g.batch * g.in_channels * in_plane;
   FASTCONV_KERNEL_LOOP(int64_t, i, total) {
@@ -326,7 +330,7 @@ __global__ void __launch_bounds__(kThreads)
                                int64_t slices) {
   using acc_t = acc_type<scalar_t>;
   __shared__ acc_t scratch[kThreads];
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t cin_g = g.in_channels / g.groups, cout_g = g.out_channels / g.groups;
   const int64_t taps = g.kernel_h * g.kernel_w, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
   const int64_t items = g.batch * out_plane;
   const int64_t work = g.out_channels * cin_g * tap_groups * slices;
