@@ -230,13 +230,14 @@ def test_conv_gradcheck(case, algo):
     small = (1, c, min(h, 6), min(w, 6), o, k, stride, padding, dilation, groups, bias)
     x, weight, b, params = conv2d_case_tensors(small)
     fn = lambda *t: FC.conv2d(*t, **params, algo=algo)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, weight, b) if b is not None else (x, weight))
+    # fast_mode (random projections of the Jacobian) keeps the host emulation quick
+    assert torch.autograd.gradcheck(fn, (x, weight, b) if b is not None else (x, weight), fast_mode=SIM)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_conv1d_gradcheck(algo):
     x, weight, b, params = conv1d_case_tensors((2, 4, 9, 4, 3, 2, 1, 2, 2, True))
-    assert torch.autograd.gradcheck(lambda *t: FC.conv1d(*t, **params, algo=algo), (x, weight, b))
+    assert torch.autograd.gradcheck(lambda *t: FC.conv1d(*t, **params, algo=algo), (x, weight, b), fast_mode=SIM)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -289,8 +290,8 @@ def test_conv_opcheck(algo):
     x, weight, b, _ = conv2d_case_tensors(CONV2D_CASES[1])
     torch.library.opcheck(ops.conv2d.default, (x, weight, b, [2, 1], [1, 0], [1, 2], 2, algo))
     go = randn(*ops.conv2d(x, weight, b, [2, 1], [1, 0], [1, 2], 2, algo).shape)
-    torch.library.opcheck(ops.conv2d_backward.default,
-                          (go, x, weight, [2, 1], [1, 0], [1, 2], 2, [True, True, True], algo))
+    torch.library.opcheck(ops.conv2d_backward.default,  # not differentiable itself: inputs without grad
+                          (go, x.detach(), weight.detach(), [2, 1], [1, 0], [1, 2], 2, [True, True, True], algo))
     x1, w1, b1, _ = conv1d_case_tensors(CONV1D_CASES[1])
     torch.library.opcheck(ops.conv1d.default, (x1, w1, b1, [2], [2], [2], 3, algo))
 
@@ -452,7 +453,7 @@ def test_pool_gradcheck():
         lambda t: FC.adaptive_max_pool2d(t, (3, 4)),
     ]
     for fn in checks:
-        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradcheck(fn, (x,), fast_mode=SIM)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -489,8 +490,15 @@ def test_pool_opcheck():
     torch.library.opcheck(ops.adaptive_avg_pool2d.default, (x, [4, 5]))
     torch.library.opcheck(ops.adaptive_max_pool2d.default, (x, [4, 5]))
     out, idx = ops.max_pool2d(x, [3, 2], [2, 1], [1, 1], [1, 2], True)
+    x = x.detach()  # backward ops are not differentiable themselves
     torch.library.opcheck(ops.max_pool2d_backward.default,
                           (torch.randn_like(out), x, idx, [3, 2], [2, 1], [1, 1], [1, 2], True))
+    avg = ops.avg_pool2d(x, [3, 2], [2, 1], [1, 1], True, False, None)
+    torch.library.opcheck(ops.avg_pool2d_backward.default,
+                          (torch.randn_like(avg), x, [3, 2], [2, 1], [1, 1], True, False, None))
+    out, idx = ops.adaptive_max_pool2d(x, [4, 5])
+    torch.library.opcheck(ops.adaptive_max_pool2d_backward.default, (torch.randn_like(out), x, idx))
+    torch.library.opcheck(ops.adaptive_avg_pool2d_backward.default, (torch.randn_like(out), x))
 
 
 @needs_gpu

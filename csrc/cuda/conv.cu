@@ -38,6 +38,9 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/true);
   const DeviceGuard guard(input.device());
+  // The ATen calls below (matmul, bmm_out, copies) are implementation detail, never autograd history,
+  // even when the op is called directly on tensors that require grad.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
   const at::Tensor input_c = input.contiguous();
   const at::Tensor weight_c = weight.contiguous();
@@ -64,6 +67,7 @@ ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "conv2d_backward: grad_output dtype (",
               grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
   const DeviceGuard guard(input.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor input_c = input.contiguous();
   const at::Tensor weight_c = weight.contiguous();

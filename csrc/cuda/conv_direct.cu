@@ -45,33 +45,39 @@ int64_t tile_shared_bytes(int64_t patch_elems, int64_t stage, int64_t channel_bl
 }
 
 // Picks a tile for a plane of height x width written pixels; patch_extent(tile_h, tile_w) gives the
-// patch size. Returns false when not even the smallest tile's patch fits in shared memory.
+// patch size. Returns false when not even a one-row, 32-wide tile's patch fits in shared memory.
 template <typename PatchExtent>
 bool choose_tiling(int64_t height, int64_t width, int64_t channels_to_stage, int64_t channel_block, int64_t taps,
                    int64_t acc_size, PatchExtent patch_extent, Tiling& t) {
-  // Wide rows for 1-D problems, 8 x 32 otherwise (a warp along a row), then smaller tiles.
-  static constexpr int kTiles1d[][2] = {{1, 256}, {1, 64}, {1, 32}};
-  static constexpr int kTiles2d[][2] = {{8, 32}, {16, 16}, {4, 32}, {2, 32}, {1, 32}};
-  const bool one_row = height == 1;
-  const int count = one_row ? 3 : 5;
-  for (int k = 0; k < count; ++k) {
-    const int th = one_row ? kTiles1d[k][0] : kTiles2d[k][0];
-    const int tw = one_row ? kTiles1d[k][1] : kTiles2d[k][1];
-    if (!one_row && k == 0 && width <= 16) continue;  // narrow planes: prefer the square tile
+  // Up to 256 threads: rows 32 wide (a warp along a row), or 8/16 wide for narrow planes, 256 wide for
+  // 1-D problems; as many rows as the plane has, up to 256 threads.
+  int tw = height == 1 ? 256 : width > 16 ? 32 : width > 8 ? 16 : 8;
+  while (tw > 32 && tw / 2 >= width) tw /= 2;
+  int th = 1;
+  while (th * tw < 256 && th < height) th *= 2;
+  // Smaller tiles until the patch of one channel fits: fewer rows first, then narrower rows.
+  while (true) {
     int64_t ph, pw;
     patch_extent(th, tw, ph, pw);
     const int64_t per_channel = tile_shared_bytes(ph * pw, 1, channel_block, taps, acc_size);
-    if (per_channel > kSharedMemoryBytes) continue;
-    t.tile_h = th;
-    t.tile_w = tw;
-    t.patch_h = static_cast<int>(ph);
-    t.patch_w = static_cast<int>(pw);
-    t.stage = static_cast<int>(std::clamp<int64_t>(kTileSharedBytes / per_channel, 1, channels_to_stage));
-    t.tiles_h = ceil_div<int64_t>(height, th);
-    t.tiles_w = ceil_div<int64_t>(width, tw);
-    return true;
+    if (per_channel <= kSharedMemoryBytes) {
+      t.tile_h = th;
+      t.tile_w = tw;
+      t.patch_h = static_cast<int>(ph);
+      t.patch_w = static_cast<int>(pw);
+      t.stage = static_cast<int>(std::clamp<int64_t>(kTileSharedBytes / per_channel, 1, channels_to_stage));
+      t.tiles_h = ceil_div<int64_t>(height, th);
+      t.tiles_w = ceil_div<int64_t>(width, tw);
+      return true;
+    }
+    if (th > 1) {
+      th /= 2;
+    } else if (tw > 32) {
+      tw /= 2;
+    } else {
+      return false;
+    }
   }
-  return false;
 }
 
 // ---------------------------------------------------------------------------------------------

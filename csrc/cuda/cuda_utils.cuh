@@ -87,10 +87,11 @@ inline unsigned grid_for_blocks(int64_t blocks) {
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 0, int64_t(1) << 20));
 }
 
-// True when every linear index of the tensors fits in int32, so kernels may use cheaper 32-bit math.
+// True when kernels over tensors of these sizes may use cheaper 32-bit index math: every linear index,
+// plus one grid stride (at most kThreads << 20, see grid_for) on top, stays below 2^31.
 inline bool fits_int32(std::initializer_list<int64_t> numels) {
   for (int64_t n : numels)
-    if (n >= std::numeric_limits<int32_t>::max()) return false;
+    if (n > (int64_t(1) << 30)) return false;
   return true;
 }
 
