@@ -82,7 +82,7 @@ def _extension():
     _write_build_config(use_cuda)
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-fvisibility=hidden"]  # torch picks the C++ standard its headers need
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=fast"]  # torch picks the C++ standard its headers need
     define_macros = [("Py_LIMITED_API", "0x030A0000")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not use_cuda:

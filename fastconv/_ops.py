@@ -182,3 +182,30 @@ def _adaptive_max_pool2d_backward(ctx, grad_output, _grad_indices):
 torch.library.register_autograd(
     "fastconv::adaptive_max_pool2d", _adaptive_max_pool2d_backward, setup_context=_adaptive_max_pool2d_setup_context
 )
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward ops are not differentiable themselves: a second derivative raises instead of being
+# silently wrong.
+# ----------------------------------------------------------------------------------------------
+
+
+def _no_double_backward(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastconv::{name} is not differentiable: gradients of gradients (double backward) through "
+            f"fastconv are not supported; use torch.nn.functional for that computation"
+        )
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    return backward, setup_context
+
+
+for _name in (
+    "conv1d_backward", "conv2d_backward", "max_pool2d_backward", "avg_pool2d_backward",
+    "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
+):
+    _bw, _setup = _no_double_backward(_name)
+    torch.library.register_autograd(f"fastconv::{_name}", _bw, setup_context=_setup)

@@ -14,12 +14,27 @@
 namespace fastconv {
 
 enum class ConvAlgo { Im2col, Direct };
+enum class ConvPass { Forward, Backward };
 
-inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo) {
+// The rule behind algo="auto", per pass (measured with benchmarks/run.py; see README):
+// - depthwise and narrow grouped convolutions (at most 8 input channels per group): direct, both passes;
+//   their per-group matrix products are too thin for a GEMM.
+// - dense layers, forward: direct on CPU when the output plane is large (>= 32 x 32 pixels), where its
+//   register tiles run full; im2col otherwise (small planes, 1x1 layers) and on CUDA (cuBLAS).
+// - dense layers, backward: im2col (both gradients are GEMMs there).
+inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
+  if (g.groups > 1 && g.in_channels_per_group() <= 8) return ConvAlgo::Direct;
+  if (pass == ConvPass::Backward || on_cuda) return ConvAlgo::Im2col;
+  if (g.is_pointwise_unit()) return ConvAlgo::Im2col;
+  return g.out_h * g.out_w >= 32 * 32 ? ConvAlgo::Direct : ConvAlgo::Im2col;
+}
+
+inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo, const ConvGeometry& g, ConvPass pass,
+                                bool on_cuda) {
   if (algo == "im2col") return ConvAlgo::Im2col;
   if (algo == "direct") return ConvAlgo::Direct;
-  TORCH_CHECK_VALUE(false, op, ": algo must be 'im2col' or 'direct' (or 'auto' through fastconv.functional), got '",
-                    algo, "'");
+  if (algo == "auto") return auto_conv_algo(g, pass, on_cuda);
+  TORCH_CHECK_VALUE(false, op, ": algo must be 'auto', 'im2col' or 'direct', got '", algo, "'");
 }
 
 using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;

@@ -11,7 +11,11 @@ namespace fastconv {
 enum class CpuIsa { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 
 // The widest ISA that fastconv has kernels for in this build.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+constexpr CpuIsa kWidestCompiledIsa = CpuIsa::Avx512;
+#else
 constexpr CpuIsa kWidestCompiledIsa = CpuIsa::Baseline;
+#endif
 
 inline const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {

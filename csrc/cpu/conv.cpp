@@ -1,6 +1,7 @@
 // CPU registration of the convolution ops: argument checks, layout preparation, algorithm dispatch.
 // The algorithms themselves live in conv_im2col.cpp and conv_direct.cpp.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #include "common/conv_adapters.h"
@@ -35,18 +36,19 @@ at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                       const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d", algo);
+  // The ATen calls inside are implementation details, never part of an autograd graph.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
-  // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
-  const at::Tensor input_c = input.contiguous();
-  const at::Tensor weight_c = weight.contiguous();
+  const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
   if (g.batch == 0) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
-    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
-                                    : direct_conv2d_forward(g, input_c, weight_c);
+    // The direct kernels choose their own input layout (channels-last input is used as it is).
+    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input.contiguous(), weight_c)
+                                    : direct_conv2d_forward(g, input, weight_c);
   }
   if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
   return out;
@@ -55,8 +57,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/false);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, false);
@@ -98,11 +101,16 @@ ConvGrads conv1d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
 int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
                                    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                    const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo);
   ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
                               groups);
-  if (which == ConvAlgo::Direct || g.batch == 0) return 0;
-  return im2col_workspace_bytes(g, input.element_size());
+  const ConvAlgo forward = parse_conv_algo("conv2d_workspace_bytes", algo, g, ConvPass::Forward, false);
+  const ConvAlgo backward = parse_conv_algo("conv2d_workspace_bytes", algo, g, ConvPass::Backward, false);
+  if (g.batch == 0) return 0;
+  // The larger of the two passes' scratch memory.
+  const int64_t fwd = forward == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
+                                                  : direct_workspace_bytes(g, input.element_size());
+  const int64_t bwd = backward == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size()) : 0;
+  return std::max(fwd, bwd);
 }
 
 }  // namespace

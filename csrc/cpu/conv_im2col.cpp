@@ -2,7 +2,7 @@
 //
 // For each image and group, the input patches under the filter are unrolled into a column matrix
 // (rows: input channel x filter tap, columns: output pixels), so the convolution becomes one matrix
-// product with the group's weights. The column buffer covers a block of output rows sized so that
+// product with the group's weights, computed by fastconv's own GEMM (gemm.h). The column buffer covers a block of output rows sized so that
 // it stays under a fixed cap whatever the batch or image size. A 1x1, stride-1, unpadded convolution
 // needs no buffer: the input plane already is the column matrix.
 #include <ATen/Parallel.h>
@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "cpu/conv_kernels.h"
+#include "cpu/gemm.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -95,6 +96,57 @@ at::Tensor columns_of(const ConvGeometry& g, const at::Tensor& input_group, int6
   return col;
 }
 
+// The column matrix of one image and group, produced strip by strip straight from the input while the
+// GEMM packs B (implicit im2col): the forward pass never materialises the column buffer.
+template <typename T>
+struct ImplicitColumns final : BPacker<T> {
+  const ConvGeometry& g;
+  const T* in;  // the group's input channels of one image, each an in_h x in_w plane
+  ImplicitColumns(const ConvGeometry& geometry, const T* input) : g(geometry), in(input) {}
+
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, int64_t nr, T* out) const override {
+    const int64_t taps = g.kernel_h * g.kernel_w;
+    for (int64_t p = p0; p < p0 + kc; ++p) {
+      const int64_t c = p / taps, ki = (p % taps) / g.kernel_w, kj = p % g.kernel_w;
+      const T* plane = in + c * g.in_h * g.in_w;
+      const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
+      T* dst = out + (p - p0) * nr;
+      int64_t oh = (j0 / g.out_w), ow = j0 % g.out_w;
+      for (int64_t j = 0; j < cols; oh += 1, ow = 0) {
+        const int64_t seg = std::min(cols - j, g.out_w - ow);
+        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
+        if (ih < 0 || ih >= g.in_h) {
+          std::fill(dst + j, dst + j + seg, T(0));
+        } else {
+          // Output columns [ow, ow + seg): zero left of ow_ok.lo, input in range, zero from ow_ok.hi.
+          const int64_t lo = std::clamp<int64_t>(ow_ok.lo - ow, 0, seg);
+          const int64_t hi = std::clamp<int64_t>(ow_ok.hi - ow, lo, seg);
+          const T* src = plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
+          std::fill(dst + j, dst + j + lo, T(0));
+          if (g.stride_w == 1) {
+            std::memcpy(dst + j + lo, src + ow + lo, (hi - lo) * sizeof(T));
+          } else {
+            for (int64_t q = lo; q < hi; ++q) dst[j + q] = src[(ow + q) * g.stride_w];
+          }
+          std::fill(dst + j + hi, dst + j + seg, T(0));
+        }
+        j += seg;
+      }
+      std::fill(dst + cols, dst + nr, T(0));
+    }
+  }
+};
+
+// out (= or +=) a @ b on 2-D strided views, through fastconv's own GEMM. out's rows must be unit-stride.
+void matmul_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && a.size(1) == b.size(0));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastconv_gemm", [&] {
+    gemm<scalar_t>(a.size(0), b.size(1), a.size(1), a.const_data_ptr<scalar_t>(), a.stride(0), a.stride(1),
+                   b.const_data_ptr<scalar_t>(), b.stride(0), b.stride(1), out.mutable_data_ptr<scalar_t>(),
+                   out.stride(0), accumulate);
+  });
+}
+
 at::Tensor allocate_column_buffer(const ConvGeometry& g, const at::Tensor& like) {
   if (g.is_pointwise_unit()) return at::Tensor();
   const int64_t rows = rows_per_block(g, like.element_size());
@@ -113,28 +165,39 @@ int64_t im2col_workspace_limit_bytes() {
 }
 
 int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
-  if (g.is_pointwise_unit()) return 0;
-  return g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
+  // GEMM packing buffers, plus the column buffer the backward pass unrolls into (the forward pass
+  // packs its columns straight from the input and needs none).
+  const int64_t packing = gemm_workspace_bytes(g.out_channels_per_group(), g.out_h * g.out_w, g.col_rows(),
+                                               element_size);
+  if (g.is_pointwise_unit()) return packing;
+  return packing + g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
 }
 
 at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
   at::Tensor out = at::empty(g.output_sizes(), input.options());
-  at::Tensor buffer = allocate_column_buffer(g, input);
-  const int64_t block = rows_per_block(g, input.element_size());
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t out_plane = g.out_h * g.out_w;
   const at::Tensor weight_2d = weight.view({g.groups, cout_g, g.col_rows()});
-  for (int64_t n = 0; n < g.batch; ++n) {
-    const at::Tensor out_n = out[n].view({g.groups, cout_g, g.out_h * g.out_w});
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      const at::Tensor in_group = input[n].narrow(0, grp * cin_g, cin_g);
-      for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += block) {
-        const int64_t oh1 = std::min(g.out_h, oh0 + block);
-        at::Tensor col = columns_of(g, in_group, oh0, oh1, buffer);
-        at::Tensor out_block = out_n[grp].narrow(1, oh0 * g.out_w, (oh1 - oh0) * g.out_w);
-        at::mm_out(out_block, weight_2d[grp], col);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "im2col_conv2d_forward", [&] {
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight_2d.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    for (int64_t n = 0; n < g.batch; ++n) {
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const scalar_t* in_group = in + (n * g.in_channels + grp * cin_g) * g.in_h * g.in_w;
+        const scalar_t* w_group = w + grp * cout_g * g.col_rows();
+        scalar_t* out_group = o + (n * g.out_channels + grp * cout_g) * out_plane;
+        if (g.is_pointwise_unit()) {  // the input plane already is the column matrix
+          gemm<scalar_t>(cout_g, out_plane, cin_g, w_group, cin_g, 1, in_group, out_plane, 1, out_group, out_plane,
+                         false);
+        } else {
+          const ImplicitColumns<scalar_t> columns(g, in_group);
+          gemm_packed_b<scalar_t>(cout_g, out_plane, g.col_rows(), w_group, g.col_rows(), 1, columns, out_group,
+                                  out_plane, false);
+        }
       }
     }
-  }
+  });
   return out;
 }
 
@@ -160,17 +223,17 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
         if (need_weight) {
           // dW += dY_block x columns(input)^T, summed over images and blocks in a fixed order.
           at::Tensor col = columns_of(g, in_group, oh0, oh1, buffer);
-          grad_weight_2d[grp].addmm_(go_block, col.t());
+          matmul_into(grad_weight_2d[grp], go_block, col.t(), /*accumulate=*/true);
         }
         if (need_input) {
           // columns(dX) = W^T x dY_block, then folded back onto the input gradient.
           at::Tensor gi_group = grad_input[n].narrow(0, grp * cin_g, cin_g);
           if (g.is_pointwise_unit()) {
             at::Tensor gi_block = gi_group.view({cin_g, g.in_h * g.in_w}).narrow(1, oh0 * g.out_w, cols);
-            at::mm_out(gi_block, weight_2d[grp].t(), go_block);
+            matmul_into(gi_block, weight_2d[grp].t(), go_block, /*accumulate=*/false);
           } else {
             at::Tensor col = buffer.narrow(0, 0, g.col_rows() * cols).view({g.col_rows(), cols});
-            at::mm_out(col, weight_2d[grp].t(), go_block);
+            matmul_into(col, weight_2d[grp].t(), go_block, /*accumulate=*/false);
             AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "col2im", [&] {
               col2im_accumulate<scalar_t>(g, col.const_data_ptr<scalar_t>(), oh0, oh1,
                                           gi_group.mutable_data_ptr<scalar_t>());

@@ -1,5 +1,5 @@
-// CPU convolution algorithms. Every function takes contiguous NCHW tensors and a geometry that
-// common/shapes.h has validated; the registration in conv.cpp prepares both.
+// CPU convolution algorithms. Every function takes contiguous NCHW tensors (except direct_conv2d_forward's
+// input, in any layout) and a geometry that common/shapes.h has validated; conv.cpp prepares both.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,7 +18,9 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
 int64_t im2col_workspace_limit_bytes();
 int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 
-// Direct convolution straight from the input, no workspace (conv_direct.cpp).
+// Direct convolution straight from the input, no column buffer (conv_direct.cpp).
+bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
+int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask);

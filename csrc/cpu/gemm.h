@@ -1,0 +1,55 @@
+// fastconv's own packed matrix product for the CPU convolution kernels.
+//
+//   C (m x n, row stride ldc)  =  A (m x k) * B (k x n)        (accumulate == false)
+//   C                         +=  A * B                       (accumulate == true)
+//
+// A and B are read through element strides, so transposed operands cost nothing extra:
+// A(i, p) = a[i * a_row_stride + p * a_col_stride], B(p, j) = b[p * b_row_stride + j * b_col_stride].
+// The micro-kernel is compiled for AVX-512, AVX2+FMA and a portable baseline and picked at run time
+// (common/cpu_features.h). Every element of C is summed over k in the same order whatever the thread
+// count, so results are bitwise reproducible.
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv::cpu {
+
+// Supplies packed strips of B: rows [p0, p0 + kc) x columns [j0, j0 + cols) as a kc x nr row-major
+// block (nr >= cols), zero-filled beyond `cols`. Lets a caller build B on the fly (implicit im2col)
+// instead of materialising it.
+template <typename T>
+struct BPacker {
+  virtual ~BPacker() = default;
+  virtual void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, int64_t nr, T* out) const = 0;
+};
+
+// C = / += A * B with B produced by `b` (see BPacker).
+template <typename T>
+void gemm_packed_b(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride, int64_t a_col_stride,
+                   const BPacker<T>& b, T* c, int64_t ldc, bool accumulate);
+
+// Bytes of packing buffers one gemm call of this size allocates.
+int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t element_size);
+
+// The register-blocked kernels of the instruction set in use (common/cpu_features.h), for callers that
+// drive them directly (the direct convolution). C tiles are MR x NR, NR a multiple of the vector width.
+template <typename T>
+struct MicroKernels {
+  int mr, nr;
+  // C(mr x nr) = / += A_packed(kc x mr, column-major strips) * B_packed(kc x nr)
+  void (*micro)(int64_t kc, const T* a_packed, const T* b_packed, T* c, int64_t ldc, bool accumulate);
+  // C(mr x nr) = A * B_packed, A read in place: A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]
+  void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
+                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc);
+  void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
+  void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
+};
+
+template <typename T>
+const MicroKernels<T>& micro_kernels();
+
+template <typename T>
+void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
+          int64_t b_row_stride, int64_t b_col_stride, T* c, int64_t ldc, bool accumulate);
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,385 @@
+"""conv1d / conv2d on CPU: both algorithms against torch.nn.functional, autograd, ops, errors."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastconv import functional as FC
+
+ALGOS = ["im2col", "direct", "auto"]
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+# (N, Cin, H, W, Cout, kernel, stride, padding, dilation, groups, bias)
+CONV2D_CASES = [
+    (2, 3, 9, 10, 8, 3, 1, 1, 1, 1, True),
+    (1, 4, 11, 7, 6, 3, 2, 0, 2, 2, False),
+    (2, 6, 8, 8, 6, 3, 1, 1, 1, 6, True),          # depthwise
+    (2, 6, 8, 9, 12, 3, 2, 1, 1, 6, True),         # depthwise, channel multiplier 2
+    (3, 8, 5, 5, 4, 1, 1, 0, 1, 1, True),          # 1x1 unit stride: no column buffer
+    (2, 8, 6, 7, 4, 1, 2, 0, 1, 2, False),         # strided 1x1, grouped
+    (2, 5, 10, 10, 4, (2, 3), (2, 1), (1, 0), (1, 2), 1, True),
+    (1, 3, 16, 16, 4, 7, 2, 3, 1, 1, False),       # ResNet stem shape, smaller
+    (2, 4, 7, 7, 4, 5, 3, 2, 1, 4, True),
+    (1, 2, 4, 4, 3, 4, 1, 3, 2, 1, True),          # padding larger than half the kernel
+    (2, 4, 3, 12, 6, (3, 1), 1, (0, 0), 1, 2, True),
+    (1, 1, 1, 1, 1, 1, 1, 0, 1, 1, True),
+    (1, 3, 6, 6, 2, 6, 1, 0, 1, 1, False),         # kernel covers the whole input
+]
+
+# (N, Cin, L, Cout, kernel, stride, padding, dilation, groups, bias)
+CONV1D_CASES = [
+    (2, 3, 20, 8, 3, 1, 1, 1, 1, True),
+    (2, 4, 33, 6, 5, 2, 2, 3, 2, False),
+    (1, 1, 100, 8, 25, 4, 10, 1, 1, True),          # long strided front end
+    (3, 6, 17, 6, 3, 1, 2, 2, 6, True),            # depthwise dilated
+    (2, 8, 9, 4, 1, 1, 0, 1, 1, True),
+]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _make(shape_x, shape_w, cout, bias, dtype):
+    x = torch.randn(shape_x, dtype=dtype, requires_grad=True)
+    w = torch.randn(shape_w, dtype=dtype, requires_grad=True)
+    b = torch.randn(cout, dtype=dtype, requires_grad=True) if bias else None
+    return x, w, b
+
+
+def _check_against_torch(ours, theirs, tensors, tol):
+    out, ref = ours(), theirs()
+    torch.testing.assert_close(out, ref, **tol)
+    grad_out = torch.randn_like(ref)
+    leaves = [t for t in tensors if t is not None]
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = torch.autograd.grad(ref, leaves, grad_out)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CONV2D_CASES)
+def test_conv2d_matches_torch(case, algo, dtype):
+    n, cin, h, w_, cout, k, s, p, d, g, bias = case
+    kh, kw = _pair(k)
+    x, w, b = _make((n, cin, h, w_), (cout, cin // g, kh, kw), cout, bias, dtype)
+    _check_against_torch(
+        lambda: FC.conv2d(x, w, b, s, p, d, g, algo=algo), lambda: F.conv2d(x, w, b, s, p, d, g), (x, w, b), TOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CONV1D_CASES)
+def test_conv1d_matches_torch(case, algo, dtype):
+    n, cin, length, cout, k, s, p, d, g, bias = case
+    x, w, b = _make((n, cin, length), (cout, cin // g, k), cout, bias, dtype)
+    _check_against_torch(
+        lambda: FC.conv1d(x, w, b, s, p, d, g, algo=algo), lambda: F.conv1d(x, w, b, s, p, d, g), (x, w, b), TOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (4, 1), ((2, 5), (3, 1)), (4, 2)])
+def test_conv2d_string_padding(algo, padding, kernel, dilation):
+    kh, kw = _pair(kernel)
+    x, w, b = _make((2, 4, 9, 8), (6, 2, kh, kw), 6, True, torch.float64)
+    _check_against_torch(
+        lambda: FC.conv2d(x, w, b, 1, padding, dilation, 2, algo=algo),
+        lambda: F.conv2d(x, w, b, 1, padding, dilation, 2),
+        (x, w, b), TOL[torch.float64],
+    )
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (4, 1), (6, 3)])
+def test_conv1d_same_padding(algo, kernel, dilation):
+    x, w, b = _make((2, 3, 15), (4, 3, kernel), 4, True, torch.float64)
+    _check_against_torch(
+        lambda: FC.conv1d(x, w, b, 1, "same", dilation, algo=algo),
+        lambda: F.conv1d(x, w, b, 1, "same", dilation),
+        (x, w, b), TOL[torch.float64],
+    )
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+def test_unbatched_inputs(algo):
+    x, w, b = _make((3, 8, 9), (4, 3, 3, 3), 4, True, torch.float64)
+    _check_against_torch(
+        lambda: FC.conv2d(x, w, b, padding=1, algo=algo), lambda: F.conv2d(x, w, b, padding=1), (x, w, b),
+        TOL[torch.float64],
+    )
+    x1, w1, b1 = _make((3, 12), (5, 3, 3), 5, True, torch.float64)
+    _check_against_torch(
+        lambda: FC.conv1d(x1, w1, b1, algo=algo), lambda: F.conv1d(x1, w1, b1), (x1, w1, b1), TOL[torch.float64]
+    )
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+def test_batch_zero(algo):
+    x = torch.randn(0, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    out = FC.conv2d(x, w, b, padding=1, algo=algo)
+    assert out.shape == F.conv2d(x, w, b, padding=1).shape == (0, 8, 6, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+def test_noncontiguous_and_channels_last(algo):
+    base = torch.randn(2, 6, 12, 10, dtype=torch.float64)
+    w = torch.randn(4, 6, 3, 3, dtype=torch.float64)
+    cases = [
+        base[:, :, ::2, 1:],                                   # strided slice
+        base.transpose(2, 3),                                  # transposed spatial dims
+        base.contiguous(memory_format=torch.channels_last),    # NHWC storage
+        torch.randn(1, 6, 1, 10, dtype=torch.float64).expand(2, 6, 5, 10),  # broadcast input
+    ]
+    for x in cases:
+        want = F.conv2d(x.contiguous(), w, padding=1)
+        torch.testing.assert_close(FC.conv2d(x, w, padding=1, algo=algo), want, **TOL[torch.float64])
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    w_expanded = torch.randn(1, 6, 3, 3, dtype=torch.float64).expand(4, 6, 3, 3)
+    for weight in (w_cl, w_expanded, w.transpose(2, 3)):
+        torch.testing.assert_close(
+            FC.conv2d(base, weight, algo=algo), F.conv2d(base, weight.contiguous()), **TOL[torch.float64]
+        )
+
+
+def test_output_mask_returns_only_requested_gradients():
+    x, w, b = _make((2, 4, 6, 6), (4, 4, 3, 3), 4, True, torch.float64)
+    go = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    for mask in itertools.product([False, True], repeat=3):
+        grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [0, 0], [1, 1], 1, list(mask), "im2col")
+        for requested, grad, like in zip(mask, grads, (x, w, b)):
+            assert grad.shape == (like.shape if requested else (0,))
+    # Only the weight needs a gradient: autograd must not ask for the others.
+    x.requires_grad_(False)
+    FC.conv2d(x, w, None).sum().backward()
+    assert x.grad is None and w.grad is not None
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        dict(shape=(2, 4, 5, 6), weight=(6, 2, 3, 2), stride=(2, 1), padding=(1, 0), dilation=1, groups=2),
+        dict(shape=(1, 3, 7, 7), weight=(3, 1, 3, 3), stride=1, padding=2, dilation=2, groups=3),
+        dict(shape=(2, 2, 4, 5), weight=(3, 2, 1, 1), stride=1, padding=0, dilation=1, groups=1),
+    ],
+)
+def test_gradcheck_conv2d(algo, args):
+    x = torch.randn(args["shape"], dtype=torch.float64, requires_grad=True)
+    w = torch.randn(args["weight"], dtype=torch.float64, requires_grad=True)
+    b = torch.randn(args["weight"][0], dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: FC.conv2d(x, w, b, args["stride"], args["padding"], args["dilation"], args["groups"], algo=algo)
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+def test_gradcheck_conv1d(algo):
+    x = torch.randn(2, 4, 11, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: FC.conv1d(x, w, b, 2, 1, 2, 2, algo=algo), (x, w, b))
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct"])
+def test_opcheck(algo):
+    x = torch.randn(2, 4, 7, 6, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    x1 = torch.randn(2, 3, 12, requires_grad=True)
+    w1 = torch.randn(4, 3, 3, requires_grad=True)
+    b1 = torch.randn(4, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastconv.conv1d, (x1, w1, b1, [2], [1], [1], 1, algo))
+    torch.library.opcheck(torch.ops.fastconv.conv2d, (x, w, b, [2, 1], [1, 1], [1, 2], 2, algo))
+    torch.library.opcheck(torch.ops.fastconv.conv2d, (x, w, None, [1, 1], [0, 0], [1, 1], 2, algo))
+    go = torch.randn(2, 6, 4, 4)
+    # Backward ops run inside autograd's backward pass, on tensors that do not require grad.
+    x, w, x1, w1 = (t.detach() for t in (x, w, x1, w1))
+    torch.library.opcheck(
+        torch.ops.fastconv.conv2d_backward, (go, x, w, [2, 1], [1, 1], [1, 2], 2, [True, True, True], algo)
+    )
+    torch.library.opcheck(
+        torch.ops.fastconv.conv2d_backward, (go, x, w, [2, 1], [1, 1], [1, 2], 2, [False, True, False], algo)
+    )
+    torch.library.opcheck(
+        torch.ops.fastconv.conv1d_backward,
+        (torch.randn(2, 4, 6), x1, w1, [2], [1], [1], 1, [True, True, False], algo),
+    )
+
+
+def test_determinism_bitwise():
+    x, w, b = _make((4, 8, 12, 12), (8, 4, 3, 3), 8, True, torch.float32)
+    for algo in ("im2col", "direct"):
+        grads = []
+        for _ in range(2):
+            out = FC.conv2d(x, w, b, padding=1, groups=2, algo=algo)
+            grads.append(torch.autograd.grad(out, (x, w, b), torch.ones_like(out)))
+        for g1, g2 in zip(*grads):
+            assert torch.equal(g1, g2)
+
+
+def test_im2col_workspace_cap_blocks_rows(monkeypatch):
+    x, w, b = _make((3, 5, 17, 13), (7, 5, 3, 3), 7, True, torch.float64)
+    full = FC.conv2d(x, w, b, padding=1, algo="im2col")
+    grads_full = torch.autograd.grad(full, (x, w, b), torch.ones_like(full))
+    args = (x, w, [1, 1], [1, 1], [1, 1], 1, "im2col")
+    unbounded = torch.ops.fastconv.conv2d_workspace_bytes(*args)
+    # A cap smaller than one image's column buffer forces blocks of output rows.
+    monkeypatch.setenv("FASTCONV_IM2COL_WORKSPACE_BYTES", str(5 * 9 * 13 * 8 * 3))
+    capped = torch.ops.fastconv.conv2d_workspace_bytes(*args)
+    assert capped < unbounded
+    blocked = FC.conv2d(x, w, b, padding=1, algo="im2col")
+    torch.testing.assert_close(blocked, full, rtol=1e-12, atol=1e-12)
+    for g1, g2 in zip(torch.autograd.grad(blocked, (x, w, b), torch.ones_like(blocked)), grads_full):
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    assert torch.ops.fastconv.conv2d_workspace_bytes(x, w, [1, 1], [1, 1], [1, 1], 1, "direct") == 0
+
+
+def test_torch_compile_fullgraph():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+            self.w2 = torch.nn.Parameter(torch.randn(8, 1, 3, 3) * 0.2)
+            self.w3 = torch.nn.Parameter(torch.randn(4, 8, 5) * 0.2)
+
+        def forward(self, x):
+            y = torch.relu(FC.conv2d(x, self.w1, padding="same"))
+            y = FC.conv2d(y, self.w2, stride=2, padding=1, groups=8, algo="direct")
+            return FC.conv1d(y.flatten(2), self.w3, padding=2).sum()
+
+    net = Net()
+    x = torch.randn(2, 3, 10, 10)
+    compiled = torch.compile(net, fullgraph=True)
+    eager_out = net(x)
+    eager_grads = torch.autograd.grad(eager_out, list(net.parameters()))
+    compiled_out = compiled(x)
+    compiled_grads = torch.autograd.grad(compiled_out, list(net.parameters()))
+    torch.testing.assert_close(compiled_out, eager_out)
+    for g1, g2 in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g1, g2)
+
+
+# Each entry: what to call, as keyword overrides of a valid conv2d call. torch and fastconv must raise
+# the same exception class.
+BAD_CONV2D_CALLS = [
+    dict(padding=-1),
+    dict(padding="foo"),
+    dict(padding="same", stride=2),
+    dict(stride=0),
+    dict(stride=(1, -1)),
+    dict(dilation=0),
+    dict(groups=0),
+    dict(groups=4),                                   # 6 channels not divisible
+    dict(weight=torch.randn(4, 4, 3, 3)),            # weight/input channel mismatch
+    dict(weight=torch.randn(3, 3, 3, 3), groups=2),  # out_channels not divisible by groups
+    dict(weight=torch.randn(4, 6, 9, 9)),            # kernel larger than padded input
+    dict(bias=torch.randn(3)),                       # bias of the wrong length
+    dict(bias=torch.randn(4, 1)),
+    dict(input=torch.randn(6, 5)),                   # wrong dims
+    dict(input=torch.randn(1, 1, 6, 5, 5)),
+    dict(weight=torch.randn(4, 6, 3)),               # weight dims
+    dict(input=torch.randn(1, 6, 5, 5, dtype=torch.float64)),  # dtype mismatch
+    dict(padding=(1, 1, 1)),
+    dict(stride=(1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("overrides", BAD_CONV2D_CALLS, ids=lambda o: ",".join(sorted(o)))
+def test_bad_conv2d_raises_like_torch(overrides):
+    call = dict(input=torch.randn(1, 6, 5, 5), weight=torch.randn(4, 6, 3, 3), bias=None, stride=1, padding=0,
+                dilation=1, groups=1)
+    call.update(overrides)
+    with pytest.raises(Exception) as theirs:
+        F.conv2d(**call)
+    with pytest.raises(Exception) as ours:
+        FC.conv2d(**call)
+    assert type(ours.value) is type(theirs.value), (ours.value, theirs.value)
+    assert str(ours.value)
+
+
+def test_bad_conv1d_raises_like_torch():
+    x, w = torch.randn(2, 4, 10), torch.randn(3, 4, 3)
+    for kwargs in (dict(padding=-2), dict(stride=0), dict(groups=3), dict(padding="nope"), dict(padding=(1, 1))):
+        with pytest.raises(Exception) as theirs:
+            F.conv1d(x, w, **kwargs)
+        with pytest.raises(Exception) as ours:
+            FC.conv1d(x, w, **kwargs)
+        assert type(ours.value) is type(theirs.value), kwargs
+    with pytest.raises(RuntimeError, match="Expected 2D \\(unbatched\\) or 3D"):
+        FC.conv1d(torch.randn(2, 4, 10, 1), w)
+
+
+def test_error_messages_name_the_problem():
+    with pytest.raises(RuntimeError, match=r"6 channels, groups=2\), got 4"):
+        FC.conv2d(torch.randn(1, 6, 5, 5), torch.randn(4, 4, 3, 3), groups=2)
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        FC.conv2d(torch.randn(1, 3, 5, 5).half(), torch.randn(4, 3, 3, 3).half())
+    with pytest.raises(RuntimeError, match="float32 and float64"):
+        FC.conv2d(torch.randint(0, 3, (1, 3, 5, 5)), torch.randint(0, 3, (4, 3, 3, 3)))
+    with pytest.raises(ValueError, match="algo"):
+        FC.conv2d(torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3), algo="winograd")
+    with pytest.raises(RuntimeError, match="bias"):
+        FC.conv2d(torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(5))
+
+
+def test_threads_agree():
+    x, w, b = _make((3, 8, 14, 14), (16, 8, 3, 3), 16, True, torch.float32)
+    previous = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for algo in ("im2col", "direct"):
+                out = FC.conv2d(x, w, b, padding=1, algo=algo)
+                results[threads, algo] = (out, *torch.autograd.grad(out, (x, w, b), torch.ones_like(out)))
+    finally:
+        torch.set_num_threads(previous)
+    for algo in ("im2col", "direct"):
+        for a, c in zip(results[1, algo], results[2, algo]):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)
+
+
+def test_double_backward_raises():
+    x, w, b = _make((1, 2, 5, 5), (3, 2, 3, 3), 3, True, torch.float64)
+    out = FC.conv2d(x, w, b)
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_cpu_isa_path(isa):
+    """Each compiled micro-kernel variant (forced with FASTCONV_CPU_ISA) gives torch's results."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch, torch.nn.functional as F, fastconv
+from fastconv import functional as FC
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for (cin, cout, k, s, p, g) in [(5, 13, 3, 1, 1, 1), (8, 40, 1, 1, 0, 1), (6, 9, 3, 2, 0, 3)]:
+        x = torch.randn(2, cin, 11, 37, dtype=dtype, requires_grad=True)
+        w = torch.randn(cout, cin // g, k, k, dtype=dtype, requires_grad=True)
+        out, ref = FC.conv2d(x, w, None, s, p, 1, g, algo="im2col"), F.conv2d(x, w, None, s, p, 1, g)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+print(fastconv.build_info()["cpu_isa"])
+"""
+    env = dict(os.environ, FASTCONV_CPU_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # The forced ISA is used unless the CPU lacks it (then the widest it supports is).
+    assert result.stdout.strip().splitlines()[-1] in {isa, "avx2", "baseline"}
