@@ -76,7 +76,8 @@ def bench_conv(name, dims, x, w, params, flops, min_time, depthwise):
     out_numel = torch_fn(x.detach(), w.detach(), **params).numel()
     traffic += out_numel * x.element_size()
     impls = [("torch", lambda a, b: torch_fn(a, b, **params))]
-    impls += [(f"fastconv-{algo}", (lambda algo: lambda a, b: fc_fn(a, b, **params, algo=algo))(algo)) for algo in algos]
+    for algo in algos:
+        impls.append((f"fastconv-{algo}", (lambda algo: lambda a, b: fc_fn(a, b, **params, algo=algo))(algo)))
     for impl, fn in impls:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -212,8 +212,27 @@ def test_im2col_chunks_stay_under_the_workspace_cap(case, cap, monkeypatch):
     workspace = ops.conv2d_workspace_bytes(x, weight, stride2, padding2, dilation2, groups, "im2col")
     expected = per_pixel_bytes * (out_w if cap == "one_row" else 2 * out_h * out_w)
     assert workspace == expected
-    assert ops.conv2d_workspace_bytes(x, weight, stride2, padding2, dilation2, groups, "direct") == 0
+    # direct: only its backward's partial sums of grad_weight, one per weight element (a single slice here)
+    assert ops.conv2d_workspace_bytes(x, weight, stride2, padding2, dilation2, groups, "direct") == weight.numel() * 8
     check_conv_against_torch(FC.conv2d, F.conv2d, x, weight, b, params, "im2col", torch.float64)
+
+
+@pytest.mark.parametrize("case", [CONV2D_CASES[0], CONV2D_CASES[4]], ids=str)
+def test_conv_auto_algo(case):
+    """algo="auto" at the op level: direct for depthwise and narrow groups, im2col otherwise."""
+    x, weight, b, params = conv2d_case_tensors(case)
+    chosen = "direct" if params["groups"] > 1 and x.shape[1] // params["groups"] <= 8 else "im2col"
+    args = [list(v) if isinstance(v, tuple) else [v, v] for v in (params["stride"], params["padding"],
+                                                                 params["dilation"])]
+    out = ops.conv2d(x, weight, b, *args, params["groups"], "auto")
+    assert torch.equal(out, ops.conv2d(x, weight, b, *args, params["groups"], chosen))
+    go = torch.randn_like(out)
+    mask = [True, True, True]
+    for got, want in zip(ops.conv2d_backward(go, x, weight, *args, params["groups"], mask, "auto"),
+                         ops.conv2d_backward(go, x, weight, *args, params["groups"], mask, chosen)):
+        assert torch.equal(got, want)
+    assert ops.conv2d_workspace_bytes(x, weight, *args, params["groups"], "auto") == ops.conv2d_workspace_bytes(
+        x, weight, *args, params["groups"], chosen)
 
 
 def test_im2col_workspace_default_cap():

@@ -34,8 +34,8 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                        const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d", algo);
   const ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/true);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/true);
   const DeviceGuard guard(input.device());
   // The ATen calls below (matmul, bmm_out, copies) are implementation detail, never autograd history,
@@ -58,9 +58,9 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
 ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                                c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo);
   const ConvGeometry g =
       check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/true);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, true);
@@ -104,11 +104,19 @@ ConvGrads conv1d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
 int64_t conv2d_workspace_bytes_cuda(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
                                     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                                     const std::string& algo) {
-  const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo);
-  const ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding,
-                                    dilation, groups);
-  if (which == ConvAlgo::Direct || g.batch == 0) return 0;
-  return im2col_workspace_bytes(g, input.element_size());
+  const char* op = "conv2d_workspace_bytes";
+  const ConvGeometry g = check_conv(op, 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  if (g.batch == 0) return 0;
+  // The larger of the two passes' scratch memory ("auto" may pick a different algorithm per pass).
+  int64_t bytes = 0;
+  for (const ConvPass pass : {ConvPass::Forward, ConvPass::Backward}) {
+    const ConvAlgo which = parse_conv_algo(op, algo, g, pass, /*on_cuda=*/true);
+    const int64_t pass_bytes = which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
+                               : pass == ConvPass::Backward ? direct_backward_workspace_bytes(g, input.scalar_type())
+                                                            : 0;
+    bytes = std::max(bytes, pass_bytes);
+  }
+  return bytes;
 }
 
 }  // namespace

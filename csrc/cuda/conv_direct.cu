@@ -402,14 +402,14 @@ int64_t grad_weight_slices(const ConvGeometry& g) {
 // Host side
 // ---------------------------------------------------------------------------------------------
 
-int64_t acc_size_of(at::ScalarType t) { return t == at::kDouble ? 8 : 4; }
-
 // The tiled kernels keep strides, dilations, paddings and kernel sizes in int.
 bool fits_tiled_kernels(const ConvGeometry& g) {
   return std::max({g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_h, g.pad_w, g.kernel_h, g.kernel_w}) < (1 << 20);
 }
 
-int channel_block_for(int64_t channels_per_group) { return channels_per_group >= kWideChannelBlock ? kWideChannelBlock : 1; }
+int channel_block_for(int64_t channels_per_group) {
+  return channels_per_group >= kWideChannelBlock ? kWideChannelBlock : 1;
+}
 
 template <typename scalar_t, int CB>
 void launch_forward_tiled(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight, at::Tensor& out,
@@ -439,8 +439,9 @@ void direct_forward(const ConvGeometry& g, const at::Tensor& input, const at::Te
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int cb = channel_block_for(cout_g);
   Tiling t;
+  const int64_t acc_bytes = c10::elementSize(accumulate_dtype(input.scalar_type()));
   const bool tiled = fits_tiled_kernels(g) && choose_tiling(
-      g.out_h, g.out_w, cin_g, cb, g.kernel_h * g.kernel_w, acc_size_of(input.scalar_type()),
+      g.out_h, g.out_w, cin_g, cb, g.kernel_h * g.kernel_w, acc_bytes,
       [&](int th, int tw, int64_t& ph, int64_t& pw) {
         ph = (th - 1) * g.stride_h + (g.kernel_h - 1) * g.dil_h + 1;
         pw = (tw - 1) * g.stride_w + (g.kernel_w - 1) * g.dil_w + 1;
@@ -467,8 +468,9 @@ void direct_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, con
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int cb = channel_block_for(cin_g);
   Tiling t;
+  const int64_t acc_bytes = c10::elementSize(accumulate_dtype(grad_output.scalar_type()));
   const bool tiled = fits_tiled_kernels(g) && choose_tiling(
-      g.in_h, g.in_w, cout_g, cb, g.kernel_h * g.kernel_w, acc_size_of(grad_output.scalar_type()),
+      g.in_h, g.in_w, cout_g, cb, g.kernel_h * g.kernel_w, acc_bytes,
       [&](int th, int tw, int64_t& ph, int64_t& pw) {
         // Output rows reaching input rows [i0, i0 + th): at most (th - 1 + (k - 1) * dil) / stride + 2.
         ph = (th - 1 + (g.kernel_h - 1) * g.dil_h) / g.stride_h + 2;
@@ -495,9 +497,8 @@ void direct_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, co
                         at::Tensor& grad_weight) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t slices = grad_weight_slices(g);
-  const at::ScalarType acc_dtype =
-      input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16 ? at::kFloat : input.scalar_type();
-  at::Tensor partial = at::empty({grad_weight.numel() * slices}, input.options().dtype(acc_dtype));
+  at::Tensor partial =
+      at::empty({grad_weight.numel() * slices}, input.options().dtype(accumulate_dtype(input.scalar_type())));
   FASTCONV_DISPATCH_FLOAT_TYPES(input.scalar_type(), "direct_conv2d_grad_weight_cuda", [&] {
     using acc_t = acc_type<scalar_t>;
     const int64_t pairs = g.out_channels * g.in_channels_per_group();
@@ -518,6 +519,12 @@ void direct_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, co
 }
 
 }  // namespace
+
+// The grad_weight partial sums: one per weight element and slice, in the accumulation type.
+int64_t direct_backward_workspace_bytes(const ConvGeometry& g, at::ScalarType dtype) {
+  const int64_t weight_elements = g.out_channels * g.in_channels_per_group() * g.kernel_h * g.kernel_w;
+  return weight_elements * grad_weight_slices(g) * c10::elementSize(accumulate_dtype(dtype));
+}
 
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
   at::Tensor out = at::empty(g.output_sizes(), input.options());

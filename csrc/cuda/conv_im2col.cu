@@ -51,7 +51,8 @@ template <typename Fn>
 void for_each_chunk(const ConvGeometry& g, const ChunkPlan& plan, Fn&& fn) {
   for (int64_t n0 = 0; n0 < g.batch; n0 += plan.images) {
     const int64_t images = std::min(plan.images, g.batch - n0);
-    for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += plan.rows) fn(Chunk{n0, images, oh0, std::min(plan.rows, g.out_h - oh0)});
+    for (int64_t oh0 = 0; oh0 < g.out_h; oh0 += plan.rows)
+      fn(Chunk{n0, images, oh0, std::min(plan.rows, g.out_h - oh0)});
   }
 }
 
@@ -130,8 +131,8 @@ __global__ void col2im_kernel(const scalar_t* __restrict__ col, scalar_t* __rest
         sum += static_cast<acc_t>(col_ch[(ki * kernel_w + kj) * pixels + (oh - row0) * out_w + ow]);
       }
     }
-    scalar_t* dst =
-        grad_input + ((c.image0 + n_local) * g.in_channels + ch) * g.in_h * g.in_w + static_cast<int64_t>(ih) * in_w + iw;
+    scalar_t* dst = grad_input + ((c.image0 + n_local) * g.in_channels + ch) * g.in_h * g.in_w +
+                    static_cast<int64_t>(ih) * in_w + iw;
     *dst = static_cast<scalar_t>(accumulate ? static_cast<acc_t>(*dst) + sum : sum);
   }
 }
@@ -194,10 +195,6 @@ void copy_staging_to_output(const ConvGeometry& g, const Chunk& c, const at::Ten
 }
 void copy_output_to_staging(const ConvGeometry& g, const Chunk& c, const at::Tensor& t, const at::Tensor& staging) {
   staging.view({g.out_channels, c.images, c.rows * g.out_w}).copy_(chunk_of_output(t, g, c).transpose(0, 1));
-}
-
-at::ScalarType accumulate_dtype(at::ScalarType t) {
-  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
 }
 
 }  // namespace

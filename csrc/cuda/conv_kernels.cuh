@@ -19,11 +19,12 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
 int64_t im2col_workspace_limit_bytes();
 int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 
-// Direct convolution through shared-memory tiles, depthwise included, no workspace (conv_direct.cu).
+// Direct convolution through shared-memory tiles, depthwise included, no column buffer (conv_direct.cu).
 // grad_weight goes through a small buffer of per-slice partial sums (no atomics).
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask);
+int64_t direct_backward_workspace_bytes(const ConvGeometry& g, at::ScalarType dtype);
 
 // Per-channel sum of grad_output over batch and space, in a fixed order (conv.cu).
 at::Tensor conv_grad_bias(const at::Tensor& grad_output);

@@ -34,6 +34,11 @@ namespace fastconv::cuda {
 template <typename scalar_t>
 using acc_type = at::acc_type<scalar_t, /*is_cuda=*/true>;
 
+// The dtype of acc_type<scalar_t>, for buffers that hold accumulators.
+inline at::ScalarType accumulate_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 ? at::kFloat : t;
+}
+
 // Threads per block of the element-wise kernels and of the block reductions (a power of two).
 constexpr int kThreads = 256;
 // Static shared memory a block may use without opting in to more, on every architecture we build for.
@@ -69,7 +74,8 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
 
 // A kernel's dynamic shared memory (the size is given at launch) as an array of `type`.
 #ifdef FASTCONV_CUDA_SIM
-#define FASTCONV_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::fastconv::sim::dynamic_shared_memory())
+#define FASTCONV_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::fastconv::sim::dynamic_shared_memory())
 #else
 #define FASTCONV_DYNAMIC_SHARED(type, name)                                   \
   extern __shared__ __align__(16) unsigned char fastconv_dynamic_shared_[]; \
