@@ -1,12 +1,16 @@
 """Run fastconv's CUDA kernels on the CPU, through a host emulation of CUDA, and test them there.
 
-    python scripts/cuda_sim.py [pytest arguments]      # default: tests/test_cuda.py -q
+    python scripts/cuda_sim.py [--asan] [pytest arguments]      # default: tests/test_cuda.py -q
 
 Compiles csrc/ops.cpp and csrc/cuda/*.cu as C++ with FASTCONV_CUDA_SIM (csrc/cuda/cuda_sim.h stands in
 for the CUDA runtime; kernels register for CPU instead of CUDA) into build/cuda_sim/, loads that library
 in place of fastconv._C, and runs pytest: tests/test_cuda.py then exercises the CUDA kernels on CPU
 tensors. Slow (every GPU thread is a coroutine), so the tests keep their shapes small. For development on
 machines without a GPU; it does not replace running the tests on one.
+
+--asan builds with AddressSanitizer (into build/cuda_sim_asan/) and runs under it: a kernel that reads or
+writes outside a tensor's allocation, or outside its shared memory, stops the run with a report (the
+opcheck tests are left out: they import triton, which does not load under the sanitizer).
 """
 import os
 import subprocess
@@ -16,8 +20,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(ROOT, "build", "cuda_sim")
-LIBRARY = os.path.join(BUILD, "libfastconv_cuda_sim.so")
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
 def _sources():
@@ -34,19 +37,23 @@ def _headers():
     return found
 
 
-def build(jobs=os.cpu_count() or 1):
+def build(asan=False, jobs=os.cpu_count() or 1):
+    """Compiles what changed; returns the path of the library."""
     import torch
 
+    build_dir = os.path.join(ROOT, "build", "cuda_sim_asan" if asan else "cuda_sim")
+    library = os.path.join(build_dir, "libfastconv_cuda_sim.so")
     torch_include = os.path.join(os.path.dirname(torch.__file__), "include")
-    os.makedirs(BUILD, exist_ok=True)
+    os.makedirs(build_dir, exist_ok=True)
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = ["-std=c++20", "-O1", "-fPIC", "-DFASTCONV_CUDA_SIM", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
              "-Wno-unknown-pragmas", "-I" + os.path.join(ROOT, "csrc"), "-I" + sysconfig.get_paths()["include"]]
+    flags += ASAN_FLAGS if asan else []
     flags += ["-I" + torch_include, "-I" + os.path.join(torch_include, "torch", "csrc", "api", "include")]
     newest_header = max(os.path.getmtime(h) for h in _headers())
 
     def compile_one(src):
-        obj = os.path.join(BUILD, os.path.basename(src) + ".o")
+        obj = os.path.join(build_dir, os.path.basename(src) + ".o")
         if os.path.exists(obj) and os.path.getmtime(obj) > max(os.path.getmtime(src), newest_header):
             return obj
         cmd = ["g++", "-x", "c++", *flags, "-c", src, "-o", obj]
@@ -57,33 +64,50 @@ def build(jobs=os.cpu_count() or 1):
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         objects = list(pool.map(compile_one, _sources()))
-    if not os.path.exists(LIBRARY) or os.path.getmtime(LIBRARY) < max(os.path.getmtime(o) for o in objects):
+    if not os.path.exists(library) or os.path.getmtime(library) < max(os.path.getmtime(o) for o in objects):
         lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
-        cmd = ["g++", "-shared", *objects, "-o", LIBRARY, f"-L{lib_dir}", f"-Wl,-rpath,{lib_dir}",
-               "-lc10", "-ltorch", "-ltorch_cpu"]
+        cmd = ["g++", "-shared", *(ASAN_FLAGS if asan else []), *objects, "-o", library, f"-L{lib_dir}",
+               f"-Wl,-rpath,{lib_dir}", "-lc10", "-ltorch", "-ltorch_cpu"]
         subprocess.run(cmd, check=True)
-    return LIBRARY
+    return library
 
 
-def load():
+def load(asan=False):
     """Loads the emulation build in place of fastconv._C; call before anything imports fastconv."""
     import torch
 
     if "fastconv" in sys.modules:
         raise RuntimeError("cuda_sim.load() must run before fastconv is imported")
-    torch.ops.load_library(build())
+    torch.ops.load_library(build(asan))
     stub = types.ModuleType("fastconv._C")
     stub.CUDA_SIM = True  # tests/test_cuda.py checks this to run on CPU tensors
     sys.modules["fastconv._C"] = stub
 
 
 def main(argv):
-    load()
+    asan = "--asan" in argv
+    argv = [a for a in argv if a != "--asan"]
+    if asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        build(asan=True)  # before the restart: compiling does not need the sanitizer runtime
+        # The sanitizer runtime must be loaded first: restart the interpreter with it preloaded.
+        runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+        env = dict(os.environ, LD_PRELOAD=runtime,
+                   ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1")
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), "--asan", *argv], env)
+    load(asan)
     import pytest
 
     os.chdir(ROOT)
     sys.path.insert(0, ROOT)
-    return pytest.main(argv or ["-q", "tests/test_cuda.py"])
+    argv = argv or ["-q", "tests/test_cuda.py"]
+    if asan:
+        # opcheck imports triton, whose library does not load under AddressSanitizer: leave those tests out.
+        if "-k" in argv:
+            i = argv.index("-k") + 1
+            argv[i] = f"({argv[i]}) and not opcheck"
+        else:
+            argv += ["-k", "not opcheck"]
+    return pytest.main(argv)
 
 
 if __name__ == "__main__":
