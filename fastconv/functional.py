@@ -167,8 +167,10 @@ def _pool_int(value, name, op):
         ) from None
 
 
-def _pool_param(value, name, op, spatial_dims, default=None):
-    """An int or a sequence of 1 or spatial_dims ints, as a list; None or () gives `default` (stride)."""
+def _pool_param(value, name, op, spatial_dims, default=None, check_length=True):
+    """An int or a sequence of 1 or spatial_dims ints, as a list; None or () gives `default` (stride).
+    check_length=False checks types only: torch's argument parser checks every argument's type before
+    any length or value."""
     if value is None or (isinstance(value, (tuple, list)) and len(value) == 0 and default is not None):
         if default is None:
             raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not NoneType")
@@ -176,8 +178,8 @@ def _pool_param(value, name, op, spatial_dims, default=None):
     if not isinstance(value, (tuple, list, torch.Size)):
         return [_pool_int(value, name, op)] * spatial_dims
     values = [_pool_int(v, name, op) for v in value]
-    if len(values) == 1:
-        return values * spatial_dims
+    if len(values) == 1 or not check_length:
+        return values * spatial_dims if len(values) == 1 else values
     if len(values) != spatial_dims:
         expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
         raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
@@ -229,8 +231,14 @@ def _from_2d(t, spatial_dims):
     return t.squeeze(-2) if spatial_dims == 1 else t
 
 
+def _check_pool_types(op, spatial_dims, **params):
+    for name, value in params.items():
+        _pool_param(value, name, op, spatial_dims, default=[1], check_length=False)
+
+
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     _check_pool_input(op, input, spatial_dims)
+    _check_pool_types(op, spatial_dims, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
@@ -256,6 +264,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    _check_pool_types(op, spatial_dims, kernel_size=kernel_size, stride=stride, padding=padding)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
@@ -294,6 +303,8 @@ def _adaptive_output_size(op, input, output_size, spatial_dims):
     if not isinstance(output_size, (tuple, list, torch.Size)):
         return [_pool_int(output_size, "output_size", op)] * spatial_dims
     sizes = list(output_size)
+    if spatial_dims == 2 and input.dim() <= len(sizes):  # torch (2-D) checks this first, with a ValueError
+        raise ValueError(f"{op}(): input dimension should be at least {len(sizes) + 1}, got input of size {list(input.shape)}")
     if len(sizes) != spatial_dims:
         raise RuntimeError(
             f"{op}(): output_size must be an int or a tuple of {spatial_dims} value(s), but got output_size={output_size}"

@@ -29,6 +29,9 @@ from fastconv import functional as FC
 EXAMPLES = int(os.environ.get("FASTCONV_HYPOTHESIS_EXAMPLES", "150"))
 SETTINGS = settings(
     max_examples=EXAMPLES,
+    # The default (CI) run draws the same examples every time, so it is reproducible; setting
+    # FASTCONV_HYPOTHESIS_EXAMPLES (the long mode) draws fresh ones.
+    derandomize="FASTCONV_HYPOTHESIS_EXAMPLES" not in os.environ,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -125,7 +128,21 @@ def _assert_same_behaviour(ours, theirs, kwargs, leaves, seed):
     torch.testing.assert_close(got, want, **TOL)
     gen = torch.Generator(device=want.device).manual_seed(seed)
     grad_out = torch.randn(want.shape, dtype=want.dtype, device=want.device, generator=gen)
-    for g, w, leaf in zip(_grads(got, leaves, grad_out), _grads(want, leaves, grad_out), leaves):
+    try:
+        want_grads = _grads(want, leaves, grad_out)
+    except Exception as exc:  # noqa: BLE001
+        # torch's own backward rejects some calls its forward accepts (e.g. zero channels in adaptive
+        # pooling). fastconv may raise the same class or return gradients of the right shape.
+        event(f"torch backward raised {type(exc).__name__}")
+        try:
+            got_grads = _grads(got, leaves, grad_out)
+        except Exception as our_exc:  # noqa: BLE001
+            assert type(our_exc) is type(exc), (exc, our_exc)
+            return
+        for g, leaf in zip(got_grads, leaves):
+            assert g.shape == leaf.shape and (g.numel() > 0 or leaf.numel() == 0)
+        return
+    for g, w, leaf in zip(_grads(got, leaves, grad_out), want_grads, leaves):
         assert g.shape == leaf.shape
         torch.testing.assert_close(g, w, **TOL)
 
@@ -259,4 +276,11 @@ def pool_calls(draw, device):
 @given(data=st.data())
 def test_pool_matches_torch(device, data):
     name, kwargs, leaves, seed = data.draw(pool_calls(device))
+    x = kwargs.get("input")
+    if name.startswith("adaptive_avg") and isinstance(x, torch.Tensor) and x.dim() >= 2 and 0 in x.shape[-2:]:
+        # Deliberate difference: torch returns NaN for some output sizes of an empty plane (and raises for
+        # others); fastconv always raises, naming the empty dimension.
+        with pytest.raises(RuntimeError):
+            getattr(FC, name)(**kwargs)
+        return
     _assert_same_behaviour(getattr(FC, name), getattr(F, name), kwargs, leaves, seed)
