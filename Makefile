@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 
-.PHONY: all venv build demo test test-slow bench bench-quick gpu-check clean
+.PHONY: all venv build demo test test-slow bench bench-quick gpu-check sanitize clean
 
 all: build
 
@@ -44,6 +44,11 @@ bench-quick: build
 
 gpu-check:
 	bash scripts/gpu_check.sh out/gpu-check
+
+# CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer into build/sanitize (the normal
+# build is untouched), then the test suite under them; see scripts/sanitize_cpu.sh.
+sanitize: venv
+	PYTHON=$(PY) bash scripts/sanitize_cpu.sh
 
 clean:
 	rm -rf build *.egg-info fastconv/_C*.so fastconv/_build_config.py $(VENV)/.built
