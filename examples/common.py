@@ -46,12 +46,16 @@ def base_parser(name, description):
     parser.add_argument("--algo", default="auto", choices=fastconv.functional.CONV_ALGOS,
                         help="fastconv convolution algorithm")
     parser.add_argument("--device", default=default_device())
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's choice); on a busy machine fewer threads wait less")
     parser.add_argument("--out", default=os.path.join("out", name), help="folder for pictures and checkpoints")
     return parser
 
 
 def fill_budget(args, quick, full):
     """Options left unset on the command line take the --quick or the default budget's value."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = quick if args.quick else full
     for key, value in budget.items():
         if getattr(args, key, None) is None:
