@@ -64,7 +64,7 @@ def main(argv=None):
     x_train, y_train, x_test, y_test = load_mnist1d(dtype)
     print(f"MNIST-1D: {len(x_train)} training and {len(x_test)} test signals of length {x_train.shape[-1]}; "
           f"{args.epochs} epochs, batch {args.batch_size}, {args.dtype}, {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} CPU thread(s)")
 
     names = list(LAYER_SETS) if args.layers == "both" else [args.layers]
     models, histories = {}, {}
