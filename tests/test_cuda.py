@@ -5,17 +5,24 @@ it loads a build in which the CUDA kernels run on the host (CPU tensors), and th
 real device (CPU-vs-CUDA comparisons, CUDA graphs, device mixing, torch.compile, large tensors) skip.
 """
 import itertools
+import os
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fastconv
 import fastconv.functional as FC
 
 SIM = getattr(sys.modules.get("fastconv._C"), "CUDA_SIM", False)
 if not SIM and not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
+if not SIM and not fastconv.build_info()["cuda"]:
+    # scripts/gpu_check.sh sets FASTCONV_REQUIRE_CUDA=1: there, a build without CUDA kernels is a failure.
+    if os.environ.get("FASTCONV_REQUIRE_CUDA") == "1":
+        raise RuntimeError("fastconv was built without CUDA kernels (FASTCONV_REQUIRE_CUDA=1)")
+    pytest.skip("fastconv was built without CUDA kernels", allow_module_level=True)
 
 DEVICE = torch.device("cpu") if SIM else torch.device("cuda")
 ops = torch.ops.fastconv
