@@ -6,6 +6,7 @@ real device (CPU-vs-CUDA comparisons, CUDA graphs, device mixing, torch.compile,
 """
 import itertools
 import os
+import random
 import sys
 
 import pytest
@@ -143,6 +144,27 @@ def test_conv2d_matches_torch(case, algo, dtype):
 def test_conv1d_matches_torch(case, algo, dtype):
     x, weight, b, params = conv1d_case_tensors(case, dtype)
     check_conv_against_torch(FC.conv1d, F.conv1d, x, weight, b, params, algo, dtype)
+
+
+def random_conv2d_case(seed):
+    """A valid conv2d geometry drawn from a seeded generator: odd channel counts, strides, dilations, pads."""
+    rng = random.Random(seed)
+    groups = rng.choice([1, 1, 2, 3])
+    cin_g, cout_g = rng.choice([1, 2, 3, 9]), rng.choice([1, 2, 3, 8, 9])
+    kh, kw = rng.randint(1, 5), rng.randint(1, 5)
+    stride, dilation, padding = [(rng.randint(1, 3), rng.randint(1, 3)) for _ in range(2)] + [
+        (rng.randint(0, 3), rng.randint(0, 3))]
+    h = rng.randint(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 20)
+    w = rng.randint(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 40)
+    return (rng.randint(1, 3), cin_g * groups, h, w, cout_g * groups, (kh, kw), stride, padding, dilation, groups,
+            rng.random() < 0.7)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_random_geometries(seed, algo):
+    x, weight, b, params = conv2d_case_tensors(random_conv2d_case(seed))
+    check_conv_against_torch(FC.conv2d, F.conv2d, x, weight, b, params, algo, torch.float64)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -421,6 +443,39 @@ def test_adaptive_pool2d_matches_torch(case, dtype):
     check_pool_against_torch(lambda t, return_indices=False: FC.adaptive_max_pool2d(t, size, return_indices),
                              lambda t, return_indices=False: F.adaptive_max_pool2d(t, size, return_indices), x, dtype,
                              with_indices=True)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_pools_random_geometries(seed):
+    """Seeded random windows, strides, paddings, dilations, ceil_mode, divisors, adaptive sizes."""
+    rng = random.Random(seed)
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    stride = (rng.randint(1, 3), rng.randint(1, 3))
+    dilation = (rng.randint(1, 3), rng.randint(1, 3))
+    ceil_mode = rng.random() < 0.5
+    max_pad = [rng.randint(0, k // 2) for k in kernel]  # torch: at most half the (undilated) kernel
+    avg_pad = [rng.randint(0, k // 2) for k in kernel]
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    size = [rng.randint(max(1, span[i] - 2 * max_pad[i], kernel[i] - 2 * avg_pad[i]), 13) for i in range(2)]
+    x = pool_input((2, 3, *size))
+
+    def max_call(m):
+        return lambda t, return_indices=False: m.max_pool2d(t, kernel, stride, max_pad, dilation, ceil_mode,
+                                                            return_indices)
+
+    out, idx = max_call(FC)(x.detach(), True)
+    ref, ref_idx = max_call(F)(x.detach(), True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    if ref.isfinite().all():  # a window wholly in the padding has no element (torch's CPU backward breaks there)
+        check_pool_against_torch(max_call(FC), max_call(F), x)
+    count_include_pad, divisor = rng.random() < 0.5, rng.choice([None, None, 2, 5])
+    check_pool_against_torch(lambda t: FC.avg_pool2d(t, kernel, stride, avg_pad, ceil_mode, count_include_pad, divisor),
+                             lambda t: F.avg_pool2d(t, kernel, stride, avg_pad, ceil_mode, count_include_pad, divisor),
+                             x)
+    out_size = (rng.randint(1, 15), rng.randint(1, 15))
+    for ours, theirs in ((FC.adaptive_avg_pool2d, F.adaptive_avg_pool2d),
+                         (FC.adaptive_max_pool2d, F.adaptive_max_pool2d)):
+        check_pool_against_torch(lambda t: ours(t, out_size), lambda t: theirs(t, out_size), x)
 
 
 def test_pool1d_matches_torch():
