@@ -4,6 +4,8 @@ Signatures and defaults match torch.nn.functional; convolutions take one extra k
 argument, ``algo``. Argument normalisation (ints to tuples, string padding, unbatched inputs, 1-D
 pooling as 2-D with a height of 1) happens here; the compiled ops see only canonical arguments.
 """
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -11,7 +13,7 @@ from . import _ops  # noqa: F401  (registers fake kernels and autograd)
 from ._loader import check_device_supported
 
 __all__ = [
-    "conv1d", "conv2d", "choose_conv_algo",
+    "conv1d", "conv2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "CONV_ALGOS",
@@ -26,11 +28,53 @@ _ops_ns = torch.ops.fastconv
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_int(value, allow_bool=False):
+    """What torch's argument parser takes as an int: Python and numpy integers and integer 0-d tensors,
+    not floats or strings, and not bools (except after the first entry of a list, which torch unpacks
+    as ints)."""
+    if isinstance(value, bool):
+        return allow_bool
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_int64(name, op, value, in_list):
+    """torch raises ValueError for an int64 overflow of a scalar argument, TypeError inside a list."""
+    if not -(2**63) <= int(value) < 2**63:
+        if in_list:
+            raise TypeError(f"{op}(): argument '{name}' failed to unpack the object: Overflow when unpacking long long")
+        raise ValueError(f"{op}(): argument '{name}': Overflow when unpacking long long")
+
+
+def _check_int_args(op, ints=(), int_lists=()):
+    """Type checks in the order torch's argument parser makes them, before any value is looked at:
+    TypeError for an argument of the wrong type, as torch.nn.functional raises."""
+    for name, value in int_lists:
+        if isinstance(value, (tuple, list)):
+            if not all(_is_int(v, allow_bool=i > 0) for i, v in enumerate(value)):
+                raise TypeError(f"{op}(): argument '{name}' must be a tuple of ints, but got {value!r}")
+            for v in value:
+                _check_int64(name, op, v, True)
+        elif _is_int(value):
+            _check_int64(name, op, value, False)
+        else:
+            raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+    for name, value in ints:
+        if not _is_int(value):
+            raise TypeError(f"{op}(): argument '{name}' must be int, not {type(value).__name__}")
+        _check_int64(name, op, value, False)
+
+
 def _conv_param(value, name, spatial_dims):
     """An int or a sequence of spatial_dims ints, as a list (torch's rule and message)."""
-    if isinstance(value, int):
-        return [value] * spatial_dims
-    values = list(value)
+    if _is_int(value):
+        return [int(value)] * spatial_dims
+    values = [int(v) for v in value]
     if len(values) == 1:
         return values * spatial_dims
     if len(values) != spatial_dims:
@@ -41,24 +85,18 @@ def _conv_param(value, name, spatial_dims):
     return [int(v) for v in values]
 
 
-def choose_conv_algo(in_channels, out_channels, kernel_size, groups):
-    """The rule behind algo="auto".
-
-    Depthwise and narrow grouped convolutions (at most 8 input channels per group) go to ``direct``:
-    their per-group matrix products are too thin for GEMM to pay for the column buffer. Everything
-    else goes to ``im2col``, whose matrix product does the heavy lifting for dense layers.
-    """
-    del out_channels, kernel_size
-    if groups > 1 and in_channels // groups <= 8:
-        return "direct"
-    return "im2col"
-
-
 def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, groups, algo):
     if algo not in CONV_ALGOS:
         raise ValueError(f"{name}: algo must be one of {CONV_ALGOS}, got {algo!r}")
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name}: input and weight must be tensors")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name}: bias must be a tensor or None, not {type(bias).__name__}")
+    int_lists = [("stride", stride), ("dilation", dilation)]
+    if not isinstance(padding, str):
+        int_lists.append(("padding", padding))
+    _check_int_args(name, ints=[("groups", groups)], int_lists=int_lists)
+    groups = int(groups)
     batched_dims = spatial_dims + 2
     if input.dim() not in (batched_dims - 1, batched_dims):
         raise RuntimeError(
@@ -80,21 +118,20 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
             if weight.dim() != batched_dims:
                 raise RuntimeError(f"{name}: expected a {batched_dims}-D weight, got weight of size {list(weight.shape)}")
             # Total padding dilation * (k - 1): the smaller half on each side, the odd element (even
-            # kernels) on the right/bottom, exactly as torch pads for 'same'.
+            # kernels) on the right/bottom, exactly as torch pads for 'same'. torch halves with C++
+            # division (towards zero): for an empty kernel (total -1) it crops the input's left edge.
             total = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(spatial_dims)]
-            padding = [t // 2 for t in total]
-            extra = [t - 2 * (t // 2) for t in total]
+            padding = [t // 2 if t >= 0 else -(-t // 2) for t in total]
+            extra = [t - 2 * p for t, p in zip(total, padding)]
             if any(extra):
                 pad_arg = []
                 for d in reversed(range(spatial_dims)):
-                    pad_arg += [0, extra[d]]
+                    pad_arg += [0, extra[d]] if extra[d] > 0 else [extra[d], 0]
                 input = F.pad(input, pad_arg)
         else:
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _conv_param(padding, "padding", spatial_dims)
-    if algo == "auto":
-        algo = choose_conv_algo(input.shape[1], weight.shape[0], tuple(weight.shape[2:]), groups)
     op = _ops_ns.conv1d if spatial_dims == 1 else _ops_ns.conv2d
     out = op(input, weight, bias, stride, padding, dilation, groups, algo)
     return out.squeeze(0) if unbatched else out
@@ -113,33 +150,76 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # ----------------------------------------------------------------------------------------------
 # Pooling
 # ----------------------------------------------------------------------------------------------
+# The compiled pooling ops work on the last two dims of a (C, H, W) or (N, C, H, W) tensor; 1-D
+# pooling runs as 2-D pooling over a height of 1. Checks that only the Python API can make (argument
+# types, list lengths, 1-D wording, the input's rank) happen here, with torch's exception classes.
 
 
-def _pool_param(value, name, op, spatial_dims, default=None):
-    """An int or a tuple of 1 or spatial_dims ints, as a list; None (or empty) gives default."""
-    if value is None or (isinstance(value, (tuple, list)) and len(value) == 0):
+def _pool_int(value, name, op):
+    """One integer argument; like torch, floats, strings and bools are a TypeError."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}"
+        ) from None
+
+
+def _pool_param(value, name, op, spatial_dims, default=None, check_length=True):
+    """An int or a sequence of 1 or spatial_dims ints, as a list; None or () gives `default` (stride).
+    check_length=False checks types only: torch's argument parser checks every argument's type before
+    any length or value."""
+    if value is None or (isinstance(value, (tuple, list)) and len(value) == 0 and default is not None):
         if default is None:
-            raise RuntimeError(f"{op}: {name} must be given")
+            raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not NoneType")
         return list(default)
-    if isinstance(value, int):
-        return [value] * spatial_dims
-    values = [int(v) for v in value]
-    if len(values) == 1:
-        return values * spatial_dims
+    if not isinstance(value, (tuple, list, torch.Size)):
+        return [_pool_int(value, name, op)] * spatial_dims
+    values = [_pool_int(v, name, op) for v in value]
+    if len(values) == 1 or not check_length:
+        return values * spatial_dims if len(values) == 1 else values
     if len(values) != spatial_dims:
-        raise RuntimeError(f"{op}: {name} must either be a single int, or a tuple of {spatial_dims} ints")
+        expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
+        raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
     return values
 
 
-def _check_pool_input(op, input, spatial_dims):
+def _pool_flag(value, name, op):
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
+    return value
+
+
+def _check_pool_input(op, input, spatial_dims, index_error_below=False):
+    """The input must be a tensor of spatial_dims + 1 (unbatched) or spatial_dims + 2 (batched) dims."""
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{op}: input must be a tensor")
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
     ok = (spatial_dims + 1, spatial_dims + 2)
     if input.dim() not in ok:
-        raise RuntimeError(
-            f"{op}: Expected {ok[0]}D or {ok[1]}D (batch mode) tensor for input, but got input of size: {list(input.shape)}"
+        message = (
+            f"{op}(): expected a {ok[0]}-D (unbatched) or {ok[1]}-D (batched) input, but got input of size "
+            f"{list(input.shape)}"
         )
+        # torch's avg_pool2d indexes dim -3 before checking the rank, so a smaller input is an IndexError.
+        raise (IndexError if index_error_below and input.dim() < ok[0] else RuntimeError)(message)
     check_device_supported(op, input)
+
+
+def _check_window_1d(op, kernel, stride, padding, dilation):
+    """1-D argument checks here, so that messages speak of the 1-D op; the 2-D op checks the rest."""
+    (k,), (s,), (p,), (d,) = kernel, stride, padding, dilation
+    if k <= 0:
+        raise RuntimeError(f"{op}(): kernel_size must be greater than zero, but got kernel_size={k}")
+    if s <= 0:
+        raise RuntimeError(f"{op}(): stride must be greater than zero, but got stride={s}")
+    if d <= 0:
+        raise RuntimeError(f"{op}(): dilation must be greater than zero, but got dilation={d}")
+    if p < 0:
+        raise RuntimeError(f"{op}(): padding must be non-negative, but got padding={p}")
+    if p > k // 2:
+        raise RuntimeError(f"{op}(): padding should be at most half of kernel size, but got padding={p} and kernel_size={k}")
 
 
 def _as_2d(input, spatial_dims):
@@ -151,20 +231,23 @@ def _from_2d(t, spatial_dims):
     return t.squeeze(-2) if spatial_dims == 1 else t
 
 
-def _expand_1d(values):
-    return [1] + values
+def _check_pool_types(op, spatial_dims, **params):
+    for name, value in params.items():
+        _pool_param(value, name, op, spatial_dims, default=[1], check_length=False)
 
 
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     _check_pool_input(op, input, spatial_dims)
+    _check_pool_types(op, spatial_dims, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
     dilation = _pool_param(dilation, "dilation", op, spatial_dims)
+    ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
     if spatial_dims == 1:
-        kernel, stride, padding, dilation = map(_expand_1d, (kernel, stride, padding, dilation))
-        padding[0] = 0
-    out, indices = _ops_ns.max_pool2d(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, bool(ceil_mode))
+        _check_window_1d(op, kernel, stride, padding, dilation)
+        kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
+    out, indices = _ops_ns.max_pool2d(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
     out, indices = _from_2d(out, spatial_dims), _from_2d(indices, spatial_dims)
     return (out, indices) if return_indices else out
 
@@ -180,17 +263,22 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    _check_pool_input(op, input, spatial_dims)
+    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    _check_pool_types(op, spatial_dims, kernel_size=kernel_size, stride=stride, padding=padding)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
+    ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
+    if divisor_override is not None:
+        divisor_override = _pool_int(divisor_override, "divisor_override", op)
+        if divisor_override == 0:
+            raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
     if spatial_dims == 1:
-        kernel, stride, padding = map(_expand_1d, (kernel, stride, padding))
-        padding[0] = 0
-    if divisor_override is not None and divisor_override == 0:
-        raise RuntimeError(f"{op}: divisor must be not zero")
+        _check_window_1d(op, kernel, stride, padding, [1])
+        kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
     out = _ops_ns.avg_pool2d(
-        _as_2d(input, spatial_dims), kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override
+        _as_2d(input, spatial_dims), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
     )
     return _from_2d(out, spatial_dims)
 
@@ -208,15 +296,29 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 
 def _adaptive_output_size(op, input, output_size, spatial_dims):
-    """Normalises output_size; None entries keep the input's size along that dim (torch's rule)."""
-    if isinstance(output_size, int) or output_size is None:
-        sizes = [output_size] * spatial_dims
-    else:
-        sizes = list(output_size)
-        if len(sizes) != spatial_dims:
-            raise ValueError(f"{op}: output_size must be an int or a tuple of {spatial_dims} values, got {output_size}")
-    in_sizes = list(input.shape[-spatial_dims:])
-    return [in_sizes[d] if sizes[d] is None else int(sizes[d]) for d in range(spatial_dims)]
+    """output_size as a list of ints. In 2-D a None entry keeps the input's size along that dim; 1-D
+    takes ints only (torch's rules)."""
+    if output_size is None:
+        raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
+    if not isinstance(output_size, (tuple, list, torch.Size)):
+        return [_pool_int(output_size, "output_size", op)] * spatial_dims
+    sizes = list(output_size)
+    if spatial_dims == 2 and input.dim() <= len(sizes):  # torch (2-D) checks this first, with a ValueError
+        raise ValueError(f"{op}(): input dimension should be at least {len(sizes) + 1}, got input of size {list(input.shape)}")
+    if len(sizes) != spatial_dims:
+        raise RuntimeError(
+            f"{op}(): output_size must be an int or a tuple of {spatial_dims} value(s), but got output_size={output_size}"
+        )
+    in_sizes = input.shape[-spatial_dims:]
+    result = []
+    for d, size in enumerate(sizes):
+        if size is None and spatial_dims == 2:
+            result.append(in_sizes[d])
+        elif size is None:
+            raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
+        else:
+            result.append(_pool_int(size, "output_size", op))
+    return result
 
 
 def _adaptive_pool(spatial_dims, op, input, output_size, max_pool, return_indices):

@@ -25,6 +25,16 @@ CONV2D_CASES = [
     (2, 4, 3, 12, 6, (3, 1), 1, (0, 0), 1, 2, True),
     (1, 1, 1, 1, 1, 1, 1, 0, 1, 1, True),
     (1, 3, 6, 6, 2, 6, 1, 0, 1, 1, False),         # kernel covers the whole input
+    # Enough output channels per group for the register-blocked direct kernels (vectors of channels),
+    # and planes of >= 128 pixels, where algo="auto" picks them.
+    (2, 8, 16, 17, 20, 3, 1, 1, 1, 1, True),
+    (1, 6, 25, 21, 33, 3, 2, 2, 2, 1, False),
+    (2, 32, 12, 13, 32, 3, 1, 1, 1, 2, True),
+    (1, 16, 13, 14, 17, (3, 5), 1, (2, 1), 1, 1, True),
+    (2, 40, 12, 12, 48, 1, 1, 0, 1, 1, False),
+    (1, 3, 30, 30, 24, 7, 2, 3, 1, 1, False),
+    (1, 12, 16, 16, 16, 3, 1, 4, 3, 1, True),
+    (1, 8, 12, 12, 16, 3, 1, 3, 1, 1, True),        # padding wider than the kernel's reach
 ]
 
 # (N, Cin, L, Cout, kernel, stride, padding, dilation, groups, bias)
@@ -34,6 +44,7 @@ CONV1D_CASES = [
     (1, 1, 100, 8, 25, 4, 10, 1, 1, True),          # long strided front end
     (3, 6, 17, 6, 3, 1, 2, 2, 6, True),            # depthwise dilated
     (2, 8, 9, 4, 1, 1, 0, 1, 1, True),
+    (2, 8, 300, 24, 5, 1, 2, 1, 1, True),          # blocked direct kernels, auto picks them
 ]
 
 
@@ -369,10 +380,12 @@ import torch, torch.nn.functional as F, fastconv
 from fastconv import functional as FC
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float64):
-    for (cin, cout, k, s, p, g) in [(5, 13, 3, 1, 1, 1), (8, 40, 1, 1, 0, 1), (6, 9, 3, 2, 0, 3)]:
+    for (cin, cout, k, s, p, g, algo) in [(5, 13, 3, 1, 1, 1, "im2col"), (8, 40, 1, 1, 0, 1, "im2col"),
+                                          (6, 9, 3, 2, 0, 3, "im2col"), (5, 37, 3, 1, 1, 1, "direct"),
+                                          (6, 34, 3, 2, 2, 2, "direct")]:
         x = torch.randn(2, cin, 11, 37, dtype=dtype, requires_grad=True)
         w = torch.randn(cout, cin // g, k, k, dtype=dtype, requires_grad=True)
-        out, ref = FC.conv2d(x, w, None, s, p, 1, g, algo="im2col"), F.conv2d(x, w, None, s, p, 1, g)
+        out, ref = FC.conv2d(x, w, None, s, p, 1, g, algo=algo), F.conv2d(x, w, None, s, p, 1, g)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -14,19 +14,28 @@
 namespace fastconv {
 
 enum class ConvAlgo { Im2col, Direct };
-enum class ConvPass { Forward, Backward };
+enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 
-// The rule behind algo="auto", per pass (measured with benchmarks/run.py; see README):
-// - depthwise and narrow grouped convolutions (at most 8 input channels per group): direct, both passes;
-//   their per-group matrix products are too thin for a GEMM.
-// - dense layers, forward: direct on CPU when the output plane is large (>= 32 x 32 pixels), where its
-//   register tiles run full; im2col otherwise (small planes, 1x1 layers) and on CUDA (cuBLAS).
-// - dense layers, backward: im2col (both gradients are GEMMs there).
+// The rule behind algo="auto", per pass (measured with benchmarks/run.py on the CPU; see README):
+// - grouped convolutions with at most 4 input channels per group (depthwise included): direct, every
+//   pass; their per-group matrix products are too thin for a GEMM (at 8 per group im2col wins).
+// - CUDA, dense layers: im2col (cuBLAS). 1x1 kernels, any stride: im2col (the GEMM is the whole job).
+// - CPU, dense layers: direct where its register tiles run full, i.e. the pixels the pass produces or
+//   reduces over, summed over the batch, number at least 128, and, for the input gradient, the stride
+//   is 1; im2col otherwise (single small planes, strided input gradients).
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
-  if (g.groups > 1 && g.in_channels_per_group() <= 8) return ConvAlgo::Direct;
-  if (pass == ConvPass::Backward || on_cuda) return ConvAlgo::Im2col;
-  if (g.is_pointwise_unit()) return ConvAlgo::Im2col;
-  return g.out_h * g.out_w >= 32 * 32 ? ConvAlgo::Direct : ConvAlgo::Im2col;
+  if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
+  if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
+  constexpr int64_t kEnoughPixels = 128;
+  switch (pass) {
+    case ConvPass::Forward:
+    case ConvPass::BackwardWeight:
+      return g.batch * g.out_h * g.out_w >= kEnoughPixels ? ConvAlgo::Direct : ConvAlgo::Im2col;
+    case ConvPass::BackwardInput:
+      return g.stride_h == 1 && g.stride_w == 1 && g.batch * g.in_h * g.in_w >= kEnoughPixels ? ConvAlgo::Direct
+                                                                                              : ConvAlgo::Im2col;
+  }
+  return ConvAlgo::Im2col;
 }
 
 inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo, const ConvGeometry& g, ConvPass pass,

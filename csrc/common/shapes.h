@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/irange.h>
 
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -47,10 +48,15 @@ struct ConvGeometry {
   // Rows of the im2col matrix of one group: input channels of the group x filter taps.
   int64_t col_rows() const { return in_channels_per_group() * kernel_h * kernel_w; }
   bool is_depthwise() const { return groups == in_channels && groups > 1; }
+  // torch computes nothing when the batch or the input channels are empty; such a call has an empty
+  // output and no kernel runs.
+  bool is_empty() const { return batch == 0 || in_channels == 0; }
   bool is_pointwise_unit() const {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
   }
-  std::vector<int64_t> output_sizes() const { return {batch, out_channels, out_h, out_w}; }
+  // torch's output shape: a zero-channel input gives a zero-channel output, whatever the weight.
+  int64_t output_channels() const { return in_channels == 0 ? 0 : out_channels; }
+  std::vector<int64_t> output_sizes() const { return {batch, output_channels(), out_h, out_w}; }
 };
 
 // Sizes of a parameter list must match the number of spatial dims (torch accepts exactly that).
@@ -77,8 +83,15 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   check_param_list(op, "dilation", dilation, spatial_dims);
   for (auto s : stride) TORCH_CHECK(s > 0, op, ": non-positive stride is not supported (stride=", to_str(stride), ")");
   for (auto p : padding) TORCH_CHECK(p >= 0, op, ": negative padding is not supported (padding=", to_str(padding), ")");
+  // torch's limit, which keeps in + 2 * padding inside int64.
+  for (auto p : padding)
+    TORCH_CHECK(p <= std::numeric_limits<int64_t>::max() / 2, op, ": padding=", to_str(padding),
+                " is too large; expected padding to be at most ", std::numeric_limits<int64_t>::max() / 2);
+  // torch lets a zero dilation through when the call is empty (zero batch or input channels).
+  const bool empty_call = input.size(0) == 0 || input.size(1) == 0;
   for (auto d : dilation)
-    TORCH_CHECK(d > 0, op, ": dilation should be greater than zero (dilation=", to_str(dilation), ")");
+    TORCH_CHECK(d > 0 || (d == 0 && empty_call), op, ": dilation should be greater than zero (dilation=",
+                to_str(dilation), ")");
   TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported (groups=", groups, ")");
 
   TORCH_CHECK(input.device() == weight.device(), op, ": input is on ", input.device(), " but weight is on ",
@@ -93,10 +106,12 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   g.groups = groups;
   TORCH_CHECK(g.out_channels % groups == 0, op, ": expected weight's out_channels (", g.out_channels,
               ") to be divisible by groups=", groups, ", weight has size ", to_str(weight.sizes()));
-  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ",
-              g.in_channels % groups == 0 ? g.in_channels / groups : g.in_channels, " input channels per group (input has ",
-              g.in_channels, " channels, groups=", groups, "), got ", weight.size(1), " (input ",
-              to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels % groups == 0, op, ": expected input channels (", g.in_channels,
+              ") to be divisible by groups=", groups, " (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ", g.in_channels / groups,
+              " input channels per group (input has ", g.in_channels, " channels, groups=", groups, "), got ",
+              weight.size(1), " (input ", to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
   TORCH_CHECK(g.out_channels > 0, op, ": weight has no output channels (weight ", to_str(weight.sizes()), ")");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, op,
@@ -128,22 +143,35 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
     g.dil_h = dilation[0];
     g.dil_w = dilation[1];
   }
-  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
-              to_str(weight.sizes()), ")");
-  for (int64_t d = 2; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ", to_str(input.sizes()),
-                ")");
-  const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1;
-  const int64_t span_w = g.dil_w * (g.kernel_w - 1) + 1;
-  const int64_t padded_h = g.in_h + 2 * g.pad_h;
-  const int64_t padded_w = g.in_w + 2 * g.pad_w;
+  // As in torch, an empty call (zero batch or zero input channels) accepts zero-size spatial dims and
+  // kernels (but see the IndexError below).
+  if (!g.is_empty()) {
+    TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
+                to_str(weight.sizes()), ")");
+    for (int64_t d = 2; d < dims; ++d)
+      TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ",
+                  to_str(input.sizes()), "); only a zero batch or zero channels may come with one");
+  }
+  // Size arithmetic on user-given values, checked for int64 overflow (huge dilations or paddings).
+  int64_t span_h, span_w, padded_h, padded_w, extent_h, extent_w, out_h, out_w;
+  const bool overflow =
+      __builtin_mul_overflow(g.dil_h, g.kernel_h - 1, &span_h) || __builtin_add_overflow(span_h, 1, &span_h) ||
+      __builtin_mul_overflow(g.dil_w, g.kernel_w - 1, &span_w) || __builtin_add_overflow(span_w, 1, &span_w) ||
+      __builtin_add_overflow(g.in_h, 2 * g.pad_h, &padded_h) || __builtin_add_overflow(g.in_w, 2 * g.pad_w, &padded_w) ||
+      __builtin_sub_overflow(padded_h, span_h, &extent_h) || __builtin_sub_overflow(padded_w, span_w, &extent_w) ||
+      __builtin_add_overflow(extent_h / g.stride_h, 1, &out_h) || __builtin_add_overflow(extent_w / g.stride_w, 1, &out_w);
+  TORCH_CHECK(!overflow, op, ": sizes overflow 64-bit integers (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ", padding=", to_str(padding), ", dilation=", to_str(dilation), ")");
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": padded input size per channel (",
               spatial_dims == 1 ? std::to_string(padded_w) : std::to_string(padded_h) + " x " + std::to_string(padded_w),
               ") is smaller than the dilated kernel size (",
               spatial_dims == 1 ? std::to_string(span_w) : std::to_string(span_h) + " x " + std::to_string(span_w),
               "); kernel size can't be greater than actual input size");
-  g.out_h = (padded_h - span_h) / g.stride_h + 1;
-  g.out_w = (padded_w - span_w) / g.stride_w + 1;
+  // After the size check, as in torch: an empty kernel on a zero batch with channels is an IndexError there.
+  TORCH_CHECK_INDEX(!g.is_empty() || g.in_channels == 0 || (g.kernel_h > 0 && g.kernel_w > 0), op,
+                    ": weight has an empty kernel (weight ", to_str(weight.sizes()), ")");
+  g.out_h = out_h;
+  g.out_w = out_w;
   return g;
 }
 
@@ -166,7 +194,7 @@ inline OutputRange valid_output_range(int64_t out_size, int64_t in_size, int64_t
 // Checks for a backward call: grad_output must have the forward output's shape.
 inline void check_conv_grad_output(const char* op, const ConvGeometry& g, const at::Tensor& grad_output,
                                    int64_t spatial_dims) {
-  std::vector<int64_t> expected = {g.batch, g.out_channels};
+  std::vector<int64_t> expected = {g.batch, g.output_channels()};
   if (spatial_dims == 2) expected.push_back(g.out_h);
   expected.push_back(g.out_w);
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
@@ -188,44 +216,63 @@ inline int64_t pooling_output_size(int64_t in, int64_t kernel, int64_t pad, int6
 }
 
 // One pooling problem over planes of size in_h x in_w (1-D pooling: in_h == out_h == kernel_h == 1).
+// Adaptive pooling fills only planes and the in/out sizes.
 struct PoolGeometry {
   int64_t planes = 0;  // batch * channels
   int64_t in_h = 0, in_w = 0, out_h = 0, out_w = 0;
   int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+
+  int64_t in_plane() const { return in_h * in_w; }
+  int64_t out_plane() const { return out_h * out_w; }
 };
 
-// Validates a windowed pooling call (max or avg) on a 3-D (C, H, W) or 4-D (N, C, H, W) input.
-// `max_pool` selects the padding rule: max pooling allows half the *dilated* kernel, avg half the kernel.
-inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef kernel_size,
-                                 c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
-                                 bool ceil_mode, bool max_pool) {
-  TORCH_CHECK(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got ", to_str(kernel_size));
-  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values, got ", to_str(stride));
-  TORCH_CHECK(padding.size() == 2, op, ": padding must have 2 values, got ", to_str(padding));
-  TORCH_CHECK(dilation.size() == 2, op, ": dilation must have 2 values, got ", to_str(dilation));
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op, ": kernel size should be greater than zero, but got ",
-              to_str(kernel_size));
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride should be greater than zero, but got ", to_str(stride));
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation should be greater than zero, but got ",
-              to_str(dilation));
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": pad must be non-negative, but got pad: ", to_str(padding));
-  for (int d = 0; d < 2; ++d) {
-    const int64_t limit = max_pool ? ((kernel_size[d] - 1) * dilation[d] + 1) / 2 : kernel_size[d] / 2;
-    TORCH_CHECK(padding[d] <= limit, op, ": pad should be at most half of ", max_pool ? "effective " : "",
-                "kernel size, but got pad=", padding[d], ", kernel_size=", kernel_size[d],
-                max_pool ? " and dilation=" + std::to_string(dilation[d]) : std::string());
-  }
+// The input must be (C, H, W) or (N, C, H, W); `first_nonempty_dim` is the first dim that may not be 0
+// (torch allows an empty batch everywhere, and an empty channel dim for some ops).
+inline void check_pool_input_dims(const char* op, const at::Tensor& input, int64_t first_nonempty_dim) {
+  TORCH_CHECK(input.defined(), op, ": input must be a defined tensor");
   const int64_t dims = input.dim();
   TORCH_CHECK(dims == 3 || dims == 4, op, ": expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got input of size ",
               to_str(input.sizes()));
-  for (int64_t d = dims - 3; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": expected input with non-zero channel and spatial sizes (batch may be 0), "
-                "but got input of size ", to_str(input.sizes()));
+  for (int64_t d = first_nonempty_dim; d < dims; ++d)
+    TORCH_CHECK(input.size(d) > 0, op, ": expected input with non-zero ", d >= dims - 2 ? "spatial" : "channel",
+                " sizes (only the batch may be empty), but got input of size ", to_str(input.sizes()));
+}
 
+inline PoolGeometry pool_planes_of(const at::Tensor& input) {
+  const int64_t dims = input.dim();
   PoolGeometry g;
-  g.planes = input.numel() / (input.size(dims - 1) * input.size(dims - 2));
   g.in_h = input.size(dims - 2);
   g.in_w = input.size(dims - 1);
+  g.planes = 1;
+  for (int64_t d = 0; d < dims - 2; ++d) g.planes *= input.size(d);
+  return g;
+}
+
+// Validates a windowed pooling call (max or avg) on a 3-D (C, H, W) or 4-D (N, C, H, W) input.
+// Padding may be at most half the kernel for both kinds: torch also checks max pooling against half
+// the dilated kernel, but its kernel / 2 check is the stricter one, so dilation never enlarges the limit.
+inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef kernel_size,
+                                 c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                 bool ceil_mode, bool max_pool) {
+  TORCH_CHECK(kernel_size.size() == 2, op, ": kernel_size must have 2 values, got kernel_size=", to_str(kernel_size));
+  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 values, got stride=", to_str(stride));
+  TORCH_CHECK(padding.size() == 2, op, ": padding must have 2 values, got padding=", to_str(padding));
+  TORCH_CHECK(dilation.size() == 2, op, ": dilation must have 2 values, got dilation=", to_str(dilation));
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op,
+              ": kernel size should be greater than zero, but got kernel_size=", to_str(kernel_size));
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride should be greater than zero, but got stride=",
+              to_str(stride));
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation should be greater than zero, but got dilation=",
+              to_str(dilation));
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be non-negative, but got padding=",
+              to_str(padding));
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, op,
+              ": padding should be at most half of kernel size, but got padding=", to_str(padding),
+              " and kernel_size=", to_str(kernel_size),
+              max_pool ? " (dilation does not change this limit, dilation=" + to_str(dilation) + ")" : std::string());
+  check_pool_input_dims(op, input, input.dim() - 3);
+
+  PoolGeometry g = pool_planes_of(input);
   g.kernel_h = kernel_size[0];
   g.kernel_w = kernel_size[1];
   g.stride_h = stride[0];
@@ -236,9 +283,11 @@ inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::I
   g.dil_w = dilation[1];
   g.out_h = pooling_output_size(g.in_h, g.kernel_h, g.pad_h, g.stride_h, g.dil_h, ceil_mode);
   g.out_w = pooling_output_size(g.in_w, g.kernel_w, g.pad_w, g.stride_w, g.dil_w, ceil_mode);
-  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": given input size (", input.size(dims - 3), " x ", g.in_h, " x ",
-              g.in_w, "), the calculated output size (", input.size(dims - 3), " x ", g.out_h, " x ", g.out_w,
-              ") is too small");
+  const int64_t channels = input.size(input.dim() - 3);
+  TORCH_CHECK(g.out_h >= 1 && g.out_w >= 1, op, ": given input size (", channels, " x ", g.in_h, " x ", g.in_w,
+              "), the calculated output size (", channels, " x ", g.out_h, " x ", g.out_w,
+              ") is too small (kernel_size=", to_str(kernel_size), ", stride=", to_str(stride), ", padding=",
+              to_str(padding), ", dilation=", to_str(dilation), ", ceil_mode=", ceil_mode ? "True" : "False", ")");
   return g;
 }
 
@@ -246,20 +295,19 @@ inline PoolGeometry check_pool2d(const char* op, const at::Tensor& input, c10::I
 inline int64_t adaptive_start(int64_t i, int64_t out, int64_t in) { return (i * in) / out; }
 inline int64_t adaptive_end(int64_t i, int64_t out, int64_t in) { return ((i + 1) * in + out - 1) / out; }
 
-inline PoolGeometry check_adaptive_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef output_size) {
-  TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 values, got ", to_str(output_size));
-  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, op, ": output_size must be non-negative, got ",
+// Validates an adaptive pooling call. Like torch, adaptive average pooling accepts an empty channel
+// dim; adaptive max pooling only does for an unbatched (C, H, W) input. An output size of 0 is
+// allowed (the result is empty).
+inline PoolGeometry check_adaptive_pool2d(const char* op, const at::Tensor& input, c10::IntArrayRef output_size,
+                                          bool max_pool = false) {
+  TORCH_CHECK(output_size.size() == 2, op, ": output_size must have 2 values, got output_size=",
               to_str(output_size));
-  const int64_t dims = input.dim();
-  TORCH_CHECK(dims == 3 || dims == 4, op, ": expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got input of size ",
-              to_str(input.sizes()));
-  for (int64_t d = 1; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": expected input to have non-zero size for non-batch dimensions, but input has "
-                "sizes ", to_str(input.sizes()), " with dimension ", d, " being empty");
-  PoolGeometry g;
-  g.planes = input.numel() / (input.size(dims - 1) * input.size(dims - 2));
-  g.in_h = input.size(dims - 2);
-  g.in_w = input.size(dims - 1);
+  TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0, op,
+              ": elements of output_size must be greater than or equal to 0, but got output_size=",
+              to_str(output_size));
+  TORCH_CHECK(input.defined(), op, ": input must be a defined tensor");
+  check_pool_input_dims(op, input, max_pool ? 1 : input.dim() - 2);
+  PoolGeometry g = pool_planes_of(input);
   g.out_h = output_size[0];
   g.out_w = output_size[1];
   return g;
@@ -272,6 +320,26 @@ inline std::vector<int64_t> pool_output_sizes(const at::Tensor& input, const Poo
   return sizes;
 }
 
+// Checks for a pooling backward call: grad_output (and indices, when given) must have the shape the
+// forward op produced for this input, and dtypes and devices must agree.
+inline void check_pool_grad_output(const char* op, const at::Tensor& input, const PoolGeometry& g,
+                                   const at::Tensor& grad_output, const at::Tensor* indices) {
+  const std::vector<int64_t> expected = pool_output_sizes(input, g);
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
+              to_str(c10::IntArrayRef(expected)), ", but got ", to_str(grad_output.sizes()));
+  TORCH_CHECK(grad_output.device() == input.device(), op, ": grad_output is on ", grad_output.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype (", grad_output.scalar_type(),
+              ") and input dtype (", input.scalar_type(), ") should be the same");
+  if (indices != nullptr) {
+    TORCH_CHECK(indices->sizes() == c10::IntArrayRef(expected), op, ": expected indices of size ",
+                to_str(c10::IntArrayRef(expected)), ", but got ", to_str(indices->sizes()));
+    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64, but got ", indices->scalar_type());
+    TORCH_CHECK(indices->device() == input.device(), op, ": indices are on ", indices->device(), " but input is on ",
+                input.device());
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // dtype and device checks
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +348,8 @@ inline void check_float_dtype(const char* op, const at::Tensor& t, bool allow_re
   const auto st = t.scalar_type();
   const bool ok = st == at::kFloat || st == at::kDouble ||
                   (allow_reduced_precision && (st == at::kHalf || st == at::kBFloat16));
-  TORCH_CHECK(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
+  // NotImplementedError, the class torch raises for a dtype a kernel has no implementation for.
+  TORCH_CHECK_NOT_IMPLEMENTED(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
               allow_reduced_precision ? ", float16 and bfloat16" : "", " on ", t.device().type() == at::kCPU ? "CPU" : "CUDA");
 }
 

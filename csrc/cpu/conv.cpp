@@ -43,7 +43,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
   const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
     // The direct kernels choose their own input layout (channels-last input is used as it is).
@@ -59,7 +59,8 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/false);
+  const ConvAlgo input_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardInput, false);
+  const ConvAlgo weight_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardWeight, false);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, false);
@@ -70,16 +71,26 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
   const at::Tensor weight_c = weight.contiguous();
 
   at::Tensor grad_input, grad_weight;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  } else if (output_mask[0] || output_mask[1]) {
-    std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
-    std::tie(grad_input, grad_weight, std::ignore) =
-        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+  } else {
+    // Each algorithm computes the gradients assigned to it ("auto" may split them between the two).
+    for (ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
+      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
+                                        output_mask[1] && weight_algo == which, false};
+      if (!mask[0] && !mask[1]) continue;
+      auto [gi, gw, unused] = which == ConvAlgo::Im2col
+                                  ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
                                   : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+      if (mask[0]) grad_input = gi;
+      if (mask[1]) grad_weight = gw;
+    }
   }
-  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
+  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
+                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
+                                              : conv_grad_bias(grad_output_c);
   if (!output_mask[0]) grad_input = unused_grad(input);
   if (!output_mask[1]) grad_weight = unused_grad(input);
   return {grad_input, grad_weight, grad_bias};
@@ -103,14 +114,15 @@ int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& we
                                    const std::string& algo) {
   ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
                               groups);
-  const ConvAlgo forward = parse_conv_algo("conv2d_workspace_bytes", algo, g, ConvPass::Forward, false);
-  const ConvAlgo backward = parse_conv_algo("conv2d_workspace_bytes", algo, g, ConvPass::Backward, false);
-  if (g.batch == 0) return 0;
-  // The larger of the two passes' scratch memory.
-  const int64_t fwd = forward == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
-                                                  : direct_workspace_bytes(g, input.element_size());
-  const int64_t bwd = backward == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size()) : 0;
-  return std::max(fwd, bwd);
+  if (g.is_empty()) return 0;
+  // The most scratch memory any one pass allocates.
+  int64_t most = 0;
+  for (ConvPass pass : {ConvPass::Forward, ConvPass::BackwardInput, ConvPass::BackwardWeight}) {
+    const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo, g, pass, false);
+    most = std::max(most, which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
+                                                    : direct_workspace_bytes(g, input.element_size()));
+  }
+  return most;
 }
 
 }  // namespace

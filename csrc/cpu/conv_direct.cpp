@@ -6,7 +6,11 @@
 // the input pixels in place through a table of per-tap offsets. Tiles that touch the padding read
 // through a small zero-filled copy instead.
 //
-// Forward for depthwise and narrow groups, and the backward pass: each output plane (image, output
+// Backward of those layers: the input gradient (stride 1) is the same blocked forward kernel run on the
+// output gradient with flipped, transposed weights; the weight gradient is a GEMM over output pixels
+// whose patch operand is packed straight from the zero-padded channels-last input.
+//
+// Forward and backward for depthwise and narrow groups (and strided input gradients): each output plane (image, output
 // channel) is owned by one thread, which adds every input channel's contribution tap by tap; the
 // innermost loop runs along an output row, with edge handling hoisted out (valid_output_range), so it
 // vectorises. In the backward pass an input-gradient plane or a weight tap is owned by one thread and
@@ -15,133 +19,70 @@
 #include <ATen/AccumulateType.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "cpu/conv_kernels.h"
+#include "common/cpu_features.h"
 #include "cpu/gemm.h"
 
 namespace fastconv::cpu {
 namespace {
 
-// out_plane (out_h x out_w) += w * input plane shifted by tap (ki, kj).
-template <typename scalar_t>
-inline void add_tap(const ConvGeometry& g, const scalar_t* in_plane, scalar_t w, int64_t ki, int64_t kj,
-                    scalar_t* out_plane) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    const scalar_t* src = in_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    scalar_t* dst = out_plane + oh * g.out_w;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow];
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow * g.stride_w];
-    }
-  }
-}
+// The plane kernels, once per instruction set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTCONV_ISA_NS planes_avx512
+#define FASTCONV_ISA_TARGET \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
+#define FASTCONV_ISA_NS planes_avx2
+#define FASTCONV_ISA_TARGET __attribute__((target("avx2,fma")))
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
+#define FASTCONV_PLANES_X86 1
+#endif
+#define FASTCONV_ISA_NS planes_baseline
+#define FASTCONV_ISA_TARGET
+#include "cpu/conv_planes.inc"
+#undef FASTCONV_ISA_NS
+#undef FASTCONV_ISA_TARGET
 
-// grad_in_plane += w * grad_out_plane scattered back through tap (ki, kj): the transpose of add_tap.
-template <typename scalar_t>
-inline void add_tap_transposed(const ConvGeometry& g, const scalar_t* go_plane, scalar_t w, int64_t ki, int64_t kj,
-                               scalar_t* gi_plane) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    scalar_t* dst = gi_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    const scalar_t* src = go_plane + oh * g.out_w;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow] += w * src[ow];
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) dst[ow * g.stride_w] += w * src[ow];
-    }
-  }
-}
-
-// sum over the output plane of grad_out * input shifted by tap (ki, kj), accumulated in acc_t.
-template <typename scalar_t, typename acc_t>
-inline acc_t tap_correlation(const ConvGeometry& g, const scalar_t* go_plane, const scalar_t* in_plane, int64_t ki,
-                             int64_t kj) {
-  const OutputRange oh_ok = valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, ki * g.dil_h);
-  const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
-  acc_t acc = 0;
-  for (int64_t oh = oh_ok.lo; oh < oh_ok.hi; ++oh) {
-    const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
-    const scalar_t* src = in_plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-    const scalar_t* dy = go_plane + oh * g.out_w;
-    acc_t row = 0;
-    if (g.stride_w == 1) {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) row += acc_t(dy[ow]) * acc_t(src[ow]);
-    } else {
-      for (int64_t ow = ow_ok.lo; ow < ow_ok.hi; ++ow) row += acc_t(dy[ow]) * acc_t(src[ow * g.stride_w]);
-    }
-    acc += row;
-  }
-  return acc;
-}
+// FASTCONV_CALL_PLANES(f<T>(args)) calls planes_<isa>::f<T>(args) for the instruction set in use.
+#ifdef FASTCONV_PLANES_X86
+#define FASTCONV_CALL_PLANES(...)                                 \
+  do {                                                            \
+    switch (active_cpu_isa()) {                                   \
+      case CpuIsa::Avx512: planes_avx512::__VA_ARGS__; break;     \
+      case CpuIsa::Avx2: planes_avx2::__VA_ARGS__; break;         \
+      default: planes_baseline::__VA_ARGS__; break;               \
+    }                                                             \
+  } while (0)
+#else
+#define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
+#endif
 
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n = p / g.out_channels, oc = p % g.out_channels, grp = oc / cout_g;
-      scalar_t* dst = out + p * out_plane;
-      std::fill(dst, dst + out_plane, scalar_t(0));
-      for (int64_t ic = 0; ic < cin_g; ++ic) {
-        const scalar_t* src = in + (n * g.in_channels + grp * cin_g + ic) * in_plane;
-        const scalar_t* wk = w + (oc * cin_g + ic) * taps;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj) add_tap(g, src, wk[ki * g.kernel_w + kj], ki, kj, dst);
-      }
-    }
+    FASTCONV_CALL_PLANES(forward_planes<scalar_t>(g, in, w, out, p0, p1));
   });
 }
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n = p / g.in_channels, c = p % g.in_channels, grp = c / cin_g, ic = c % cin_g;
-      scalar_t* dst = gi + p * in_plane;
-      std::fill(dst, dst + in_plane, scalar_t(0));
-      for (int64_t j = 0; j < cout_g; ++j) {
-        const int64_t oc = grp * cout_g + j;
-        const scalar_t* src = go + (n * g.out_channels + oc) * out_plane;
-        const scalar_t* wk = w + (oc * cin_g + ic) * taps;
-        for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-          for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-            add_tap_transposed(g, src, wk[ki * g.kernel_w + kj], ki, kj, dst);
-      }
-    }
+    FASTCONV_CALL_PLANES(grad_input_planes<scalar_t>(g, go, w, gi, p0, p1));
   });
 }
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
   using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  at::parallel_for(0, g.out_channels * cin_g, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t oc = p / cin_g, ic = p % cin_g, grp = oc / cout_g;
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t ki = t / g.kernel_w, kj = t % g.kernel_w;
-        acc_t acc = 0;
-        for (int64_t n = 0; n < g.batch; ++n) {
-          const scalar_t* dy = go + (n * g.out_channels + oc) * out_plane;
-          const scalar_t* src = in + (n * g.in_channels + grp * cin_g + ic) * in_plane;
-          acc += tap_correlation<scalar_t, acc_t>(g, dy, src, ki, kj);
-        }
-        gw[p * taps + t] = static_cast<scalar_t>(acc);
-      }
-    }
+  at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
+    FASTCONV_CALL_PLANES(grad_weight_rows<scalar_t, acc_t>(g, go, in, gw, p0, p1));
   });
 }
 
@@ -203,7 +144,110 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   });
 }
 
+// The zero-padded channels-last copy of an NCHW (or any-layout) input that the blocked kernels read.
+at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w) {
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
+  at::Tensor padded = (pad_h || pad_w) ? at::zeros({n, h + 2 * pad_h, w + 2 * pad_w, c}, input.options())
+                                       : at::empty({n, h, w, c}, input.options());
+  padded.narrow(1, pad_h, h).narrow(2, pad_w, w).copy_(input.permute({0, 2, 3, 1}));
+  return padded;
+}
+
+at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
+  at::Tensor out = at::empty(g.output_sizes(), input.options());
+  const at::Tensor padded = padded_channels_last(input, g.pad_h, g.pad_w);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_conv2d_forward", [&] {
+    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                     out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// B operand of the weight gradient as a GEMM over output pixels: row p = output pixel, column
+// j = (tap, input channel) of the group, read from the zero-padded channels-last input, where the
+// channels of one tap are contiguous.
+template <typename T>
+struct PatchRows final : BPacker<T> {
+  const ConvGeometry& g;
+  const T* image;  // one padded channels-last image, offset to the group's first channel
+  std::vector<int64_t> tap_offsets;
+  PatchRows(const ConvGeometry& geometry, const T* padded_image) : g(geometry), image(padded_image) {
+    const int64_t padded_w = g.in_w + 2 * g.pad_w;
+    for (int64_t t = 0; t < g.kernel_h * g.kernel_w; ++t)
+      tap_offsets.push_back(((t / g.kernel_w) * g.dil_h * padded_w + (t % g.kernel_w) * g.dil_w) * g.in_channels);
+  }
+  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, int64_t nr, T* out) const override {
+    const int64_t cin_g = g.in_channels_per_group(), padded_w = g.in_w + 2 * g.pad_w;
+    for (int64_t r = 0; r < kc; ++r) {
+      const int64_t q = p0 + r, oh = q / g.out_w, ow = q % g.out_w;
+      const T* pixel = image + (oh * g.stride_h * padded_w + ow * g.stride_w) * g.in_channels;
+      T* dst = out + r * nr;
+      for (int64_t j = 0; j < cols;) {
+        const int64_t t = (j0 + j) / cin_g, c = (j0 + j) % cin_g, run = std::min(cols - j, cin_g - c);
+        std::memcpy(dst + j, pixel + tap_offsets[t] + c, run * sizeof(T));
+        j += run;
+      }
+      std::fill(dst + cols, dst + nr, T(0));
+    }
+  }
+};
+
+// dW[grp] (cout_g x (tap, cin_g)) = sum over images of dY[n, grp] (cout_g x pixels) x patches (pixels x ...).
+at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
+  const at::Tensor padded = padded_channels_last(input, g.pad_h, g.pad_w);
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t taps = g.kernel_h * g.kernel_w, out_plane = g.out_h * g.out_w;
+  const int64_t padded_image = (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels;
+  at::Tensor grad_tap_major = at::empty({g.groups, cout_g, taps, cin_g}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* in = padded.const_data_ptr<scalar_t>();
+    scalar_t* gw = grad_tap_major.mutable_data_ptr<scalar_t>();
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+      for (int64_t n = 0; n < g.batch; ++n) {  // images summed in order: deterministic
+        const PatchRows<scalar_t> patches(g, in + n * padded_image + grp * cin_g);
+        gemm_packed_b<scalar_t>(cout_g, taps * cin_g, out_plane,
+                                go + (n * g.out_channels + grp * cout_g) * out_plane, out_plane, 1, patches,
+                                gw + grp * cout_g * taps * cin_g, taps * cin_g, /*accumulate=*/n > 0);
+      }
+    }
+  });
+  // (group, out, tap, in) -> the weight's (out, in, kh, kw).
+  return grad_tap_major.permute({0, 1, 3, 2}).reshape({g.out_channels, cin_g, g.kernel_h, g.kernel_w}).contiguous();
+}
+
+// For stride 1 the input gradient is itself a convolution: dY, padded by dil * (k - 1) - pad, with the
+// weights flipped in space and transposed between input and output channels.
+ConvGeometry transposed_geometry(const ConvGeometry& g) {
+  ConvGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_h = g.dil_h * (g.kernel_h - 1) - g.pad_h;
+  t.pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
+  return t;
+}
+
+at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const at::Tensor flipped = weight.view({g.groups, cout_g, cin_g, g.kernel_h, g.kernel_w})
+                                 .transpose(1, 2)
+                                 .flip({3, 4})
+                                 .reshape({g.in_channels, cout_g, g.kernel_h, g.kernel_w})
+                                 .contiguous();
+  return blocked_forward(transposed_geometry(g), grad_output, flipped);
+}
+
 }  // namespace
+
+bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
+  if (g.stride_h != 1 || g.stride_w != 1) return false;
+  const ConvGeometry t = transposed_geometry(g);
+  return t.pad_h >= 0 && t.pad_w >= 0 && direct_uses_blocked_kernel(t, element_size);
+}
 
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
   // Vectorising over output channels pays once a group has a good fraction of a vector of them.
@@ -221,23 +265,14 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
 }
 
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
-  at::Tensor out = at::empty(g.output_sizes(), input.options());
   const bool blocked = direct_uses_blocked_kernel(g, input.element_size());
   // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it).
-  at::Tensor input_nhwc;
-  if (blocked) {
-    input_nhwc = at::zeros({g.batch, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w, g.in_channels}, input.options());
-    input_nhwc.narrow(1, g.pad_h, g.in_h).narrow(2, g.pad_w, g.in_w).copy_(input.permute({0, 2, 3, 1}));
-  }
-  const at::Tensor input_nchw = blocked ? at::Tensor() : input.contiguous();
+  if (blocked) return blocked_forward(g, input, weight);
+  at::Tensor out = at::empty(g.output_sizes(), input.options());
+  const at::Tensor input_nchw = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_forward", [&] {
-    if (blocked) {
-      blocked_forward_kernel<scalar_t>(g, input_nhwc.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                       out.mutable_data_ptr<scalar_t>());
-    } else {
-      forward_kernel<scalar_t>(g, input_nchw.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                               out.mutable_data_ptr<scalar_t>());
-    }
+    forward_kernel<scalar_t>(g, input_nchw.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }
@@ -245,6 +280,15 @@ at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   at::Tensor grad_input, grad_weight;
+  const int64_t element_size = input.element_size();
+  if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
+    grad_input = blocked_grad_input(g, grad_output, weight);
+    output_mask[0] = false;
+  }
+  if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
+    grad_weight = blocked_grad_weight(g, grad_output, input);
+    output_mask[1] = false;
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_backward", [&] {
     if (output_mask[0]) {
       grad_input = at::empty(input.sizes(), input.options());

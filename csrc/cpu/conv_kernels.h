@@ -21,6 +21,7 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 // Direct convolution straight from the input, no column buffer (conv_direct.cpp).
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
+bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask);

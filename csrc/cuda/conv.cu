@@ -60,7 +60,8 @@ ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
                                int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
   const ConvGeometry g =
       check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/true);
+  const ConvAlgo input_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardInput, true);
+  const ConvAlgo weight_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardWeight, true);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, true);
@@ -76,11 +77,18 @@ ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
   if (g.batch == 0) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  } else if (output_mask[0] || output_mask[1]) {
-    const std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
-    std::tie(grad_input, grad_weight, std::ignore) =
-        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+  } else {
+    // Each algorithm computes the gradients assigned to it ("auto" may split them between the two).
+    for (const ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
+      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
+                                        output_mask[1] && weight_algo == which, false};
+      if (!mask[0] && !mask[1]) continue;
+      auto [gi, gw, unused] = which == ConvAlgo::Im2col
+                                  ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
                                   : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+      if (mask[0]) grad_input = gi;
+      if (mask[1]) grad_weight = gw;
+    }
   }
   at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
   if (!output_mask[0]) grad_input = unused_grad(input);
@@ -109,11 +117,11 @@ int64_t conv2d_workspace_bytes_cuda(const at::Tensor& input, const at::Tensor& w
   if (g.batch == 0) return 0;
   // The larger of the two passes' scratch memory ("auto" may pick a different algorithm per pass).
   int64_t bytes = 0;
-  for (const ConvPass pass : {ConvPass::Forward, ConvPass::Backward}) {
+  for (const ConvPass pass : {ConvPass::Forward, ConvPass::BackwardInput, ConvPass::BackwardWeight}) {
     const ConvAlgo which = parse_conv_algo(op, algo, g, pass, /*on_cuda=*/true);
     const int64_t pass_bytes = which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
-                               : pass == ConvPass::Backward ? direct_backward_workspace_bytes(g, input.scalar_type())
-                                                            : 0;
+                               : pass != ConvPass::Forward ? direct_backward_workspace_bytes(g, input.scalar_type())
+                                                           : 0;
     bytes = std::max(bytes, pass_bytes);
   }
   return bytes;

@@ -1,0 +1,550 @@
+"""Pooling on CPU (max, avg, adaptive; 1-D and 2-D) against torch.nn.functional: values, indices,
+gradients, layouts, ops, compile, errors."""
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from fastconv import functional as FC
+
+ops = torch.ops.fastconv
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The grids run many tiny calls; on a busy machine torch's thread pool makes each take
+    milliseconds. Threading is covered by test_backward_is_deterministic_and_thread_count_independent."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _grads(out, x, grad_out):
+    (g,) = torch.autograd.grad(out, x, grad_out)
+    return g
+
+
+def _compare(ours, theirs, x, dtype, exact=False):
+    """Runs both calls on x; compares outputs (and indices, which must be identical) and input gradients."""
+    out, ref = ours(x), theirs(x)
+    if isinstance(ref, tuple):
+        assert torch.equal(out[1], ref[1]), "indices differ"
+        assert out[1].dtype == torch.int64
+        out, ref = out[0], ref[0]
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    if exact:
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref, **TOL[dtype])
+    grad_out = torch.randn_like(ref)
+    torch.testing.assert_close(_grads(out, x, grad_out), _grads(ref, x, grad_out), **TOL[dtype])
+
+
+def _window_cases(two_d):
+    """(input spatial size, kernel, stride, padding, dilation, ceil_mode) with valid torch arguments."""
+    sizes = [(1, 1), (5, 7), (8, 8), (12, 9)] if two_d else [(1,), (7,), (16,)]
+    kernels = [1, 2, 3, (2, 3)] if two_d else [1, 2, 3, 4]
+    strides = [None, 1, 2, (3, 1)] if two_d else [None, 1, 2, 3]
+    for size, k, s, ceil in itertools.product(sizes, kernels, strides, (False, True)):
+        kh, kw = (k, k) if isinstance(k, int) else k
+        for p in {0, min(kh, kw) // 2}:
+            for d in (1, 2):
+                yield size, k, s, p, d, ceil
+
+
+def _torch_accepts(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+        return True
+    except RuntimeError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward, indices and gradients over a grid
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_max_pool_matches_torch(dims, dtype):
+    ours_fn, theirs_fn = (FC.max_pool2d, F.max_pool2d) if dims == 2 else (FC.max_pool1d, F.max_pool1d)
+    checked = 0
+    for size, k, s, p, d, ceil in _window_cases(dims == 2):
+        x = torch.randn(2, 3, *size, dtype=dtype, requires_grad=True)
+        kwargs = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil, return_indices=True)
+        if not _torch_accepts(theirs_fn, x.detach(), **kwargs):
+            with pytest.raises(RuntimeError):
+                ours_fn(x, **kwargs)
+            continue
+        _, ref_idx = theirs_fn(x.detach(), **kwargs)
+        if (ref_idx >= x[0, 0].numel()).any():
+            continue  # a window with no input element (covered by test_max_pool_window_outside_input)
+        _compare(lambda t: ours_fn(t, **kwargs), lambda t: theirs_fn(t, **kwargs), x, dtype, exact=True)
+        checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_avg_pool_matches_torch(dims, dtype):
+    checked = 0
+    for size, k, s, p, d, ceil in _window_cases(dims == 2):
+        if d != 1:
+            continue
+        x = torch.randn(2, 3, *size, dtype=dtype, requires_grad=True)
+        for count_include_pad in (True, False):
+            kwargs = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=count_include_pad)
+            overrides = [None, 3, -2] if dims == 2 else [None]
+            for divisor in overrides:
+                if dims == 2:
+                    ours = lambda t: FC.avg_pool2d(t, **kwargs, divisor_override=divisor)  # noqa: E731
+                    theirs = lambda t: F.avg_pool2d(t, **kwargs, divisor_override=divisor)  # noqa: E731
+                else:
+                    ours = lambda t: FC.avg_pool1d(t, **kwargs)  # noqa: E731
+                    theirs = lambda t: F.avg_pool1d(t, **kwargs)  # noqa: E731
+                if not _torch_accepts(theirs, x.detach()):
+                    with pytest.raises(RuntimeError):
+                        ours(x)
+                    continue
+                _compare(ours, theirs, x, dtype)
+                checked += 1
+    assert checked > 100
+
+
+ADAPTIVE_2D = [
+    ((5, 7), (3, 4)),
+    ((8, 8), 1),
+    ((8, 8), (2, 4)),
+    ((7, 9), (10, 12)),       # output larger than the input
+    ((13, 5), (None, 2)),     # None keeps the input size
+    ((6, 6), (4, None)),
+    ((1, 1), 3),
+    ((9, 11), (9, 11)),       # identity
+]
+ADAPTIVE_1D = [(7, 3), (16, 1), (5, 8), (10, 10), (13, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_adaptive_pool_matches_torch(kind, dtype):
+    for size, out_size in ADAPTIVE_2D:
+        x = torch.randn(2, 3, *size, dtype=dtype, requires_grad=True)
+        if kind == "avg":
+            _compare(lambda t: FC.adaptive_avg_pool2d(t, out_size), lambda t: F.adaptive_avg_pool2d(t, out_size), x, dtype)
+        else:
+            _compare(lambda t: FC.adaptive_max_pool2d(t, out_size, True),
+                     lambda t: F.adaptive_max_pool2d(t, out_size, True), x, dtype, exact=True)
+    for length, out_size in ADAPTIVE_1D:
+        x = torch.randn(2, 3, length, dtype=dtype, requires_grad=True)
+        if kind == "avg":
+            _compare(lambda t: FC.adaptive_avg_pool1d(t, out_size), lambda t: F.adaptive_avg_pool1d(t, out_size), x, dtype)
+        else:
+            _compare(lambda t: FC.adaptive_max_pool1d(t, out_size, True),
+                     lambda t: F.adaptive_max_pool1d(t, out_size, True), x, dtype, exact=True)
+
+
+def test_defaults_and_return_indices_flag():
+    x = torch.randn(2, 3, 9, 9)
+    assert torch.equal(FC.max_pool2d(x, 3), F.max_pool2d(x, 3))
+    assert torch.equal(FC.max_pool2d(x, 2, ()), F.max_pool2d(x, 2, ()))   # empty stride means kernel_size
+    assert not isinstance(FC.max_pool1d(x[0], 2), tuple)
+    assert not isinstance(FC.adaptive_max_pool2d(x, 2), tuple)
+    torch.testing.assert_close(FC.avg_pool2d(x, (2, 3)), F.avg_pool2d(x, (2, 3)))
+    torch.testing.assert_close(FC.avg_pool1d(x[0], 4, 1, 2), F.avg_pool1d(x[0], 4, 1, 2))
+    # 1-element sequences broadcast over both dims, as in torch
+    torch.testing.assert_close(FC.max_pool2d(x, (3,), (2,), (1,)), F.max_pool2d(x, (3,), (2,), (1,)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Max pooling semantics: ties, NaN, infinities, unpooling
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_max_pool_ties_pick_torchs_index(dims):
+    # Few distinct values: nearly every window has ties; the first maximum in row-major order wins.
+    x = torch.randint(0, 3, (2, 4, 11, 10) if dims == 2 else (2, 4, 23)).double()
+    for k, s, p, d in [(3, 1, 1, 1), (3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (4, 3, 2, 1)]:
+        fc, tf = (FC.max_pool2d, F.max_pool2d) if dims == 2 else (FC.max_pool1d, F.max_pool1d)
+        ours, theirs = fc(x, k, s, p, d, True, True), tf(x, k, s, p, d, True, True)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), (k, s, p, d)
+    fa, ta = (FC.adaptive_max_pool2d, F.adaptive_max_pool2d) if dims == 2 else (FC.adaptive_max_pool1d,
+                                                                                 F.adaptive_max_pool1d)
+    # 4 gives uneven adaptive windows; the second size divides the input (the windowed-kernel route)
+    for out_size in (4, (1, 5) if dims == 2 else 1):
+        ours, theirs = fa(x, out_size, True), ta(x, out_size, True)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), out_size
+
+
+def test_max_pool_nan_wins_and_infinities():
+    x = torch.randn(2, 3, 9, 11)
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 1, 4, 4:7] = float("nan")                # several NaNs in one window: torch reports the last one
+    x[1, 2] = float("-inf")                        # windows of -inf only
+    x[1, 1, 3, 3] = float("inf")
+    for k, s, p in [(3, 2, 1), (3, 1, 0), (2, 2, 1)]:
+        ours, theirs = FC.max_pool2d(x, k, s, p, return_indices=True), F.max_pool2d(x, k, s, p, return_indices=True)
+        assert torch.equal(ours[0].isnan(), theirs[0].isnan())
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1])
+    for out_size in (1, 3, (4, 5)):
+        ours, theirs = FC.adaptive_max_pool2d(x, out_size, True), F.adaptive_max_pool2d(x, out_size, True)
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1])
+
+
+def test_max_pool_window_outside_input():
+    # Dilation can place every tap of a window outside the input. torch returns -inf and an index past
+    # the plane (its backward then writes out of bounds); fastconv returns the same forward result and
+    # a backward that drops the gradient of such windows.
+    x = torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    ours = FC.max_pool2d(x, 2, 1, 1, 3, return_indices=True)
+    theirs = F.max_pool2d(x.detach(), 2, 1, 1, 3, return_indices=True)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    assert torch.isinf(ours[0]).all() and (ours[1] >= 4).all()
+    ours[0].sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_indices_work_with_max_unpool():
+    x = torch.randn(2, 3, 10, 12)
+    out, idx = FC.max_pool2d(x, 2, 2, return_indices=True)
+    ref_out, ref_idx = F.max_pool2d(x, 2, 2, return_indices=True)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(F.max_unpool2d(out, idx, 2, 2, output_size=x.shape[-2:]),
+                               F.max_unpool2d(ref_out, ref_idx, 2, 2, output_size=x.shape[-2:]))
+    x1 = torch.randn(2, 3, 15)
+    out1, idx1 = FC.max_pool1d(x1, 3, 2, 1, return_indices=True)
+    torch.testing.assert_close(F.max_unpool1d(out1, idx1, 3, 2, 1, output_size=x1.shape[-1:]),
+                               F.max_unpool1d(*F.max_pool1d(x1, 3, 2, 1, return_indices=True), 3, 2, 1,
+                                              output_size=x1.shape[-1:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layouts and shapes: batch 0, unbatched, non-contiguous, channels_last, empty adaptive output
+# ----------------------------------------------------------------------------------------------
+
+POOL_CALLS_2D = [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("max_pool2d", dict(kernel_size=(2, 3), stride=1, dilation=2, ceil_mode=True)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("avg_pool2d", dict(kernel_size=2, divisor_override=3)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 5))),
+    ("adaptive_max_pool2d", dict(output_size=(4, 3), return_indices=True)),
+]
+POOL_CALLS_1D = [
+    ("max_pool1d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("avg_pool1d", dict(kernel_size=4, stride=3, padding=2, ceil_mode=True)),
+    ("adaptive_avg_pool1d", dict(output_size=5)),
+    ("adaptive_max_pool1d", dict(output_size=4, return_indices=True)),
+]
+
+
+def _call(name, module, x, kwargs):
+    return getattr(module, name)(x, **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", POOL_CALLS_2D + POOL_CALLS_1D, ids=lambda v: v if isinstance(v, str) else "")
+def test_batch_zero_and_unbatched(name, kwargs):
+    two_d = name.endswith("2d")
+    spatial = (9, 10) if two_d else (13,)
+    empty = torch.randn(0, 3, *spatial, dtype=torch.float64, requires_grad=True)
+    ours, theirs = _call(name, FC, empty, kwargs), _call(name, F, empty, kwargs)
+    ours, theirs = (ours if isinstance(ours, tuple) else (ours,)), (theirs if isinstance(theirs, tuple) else (theirs,))
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    ours[0].sum().backward()
+    assert empty.grad.shape == empty.shape
+    unbatched = torch.randn(3, *spatial, dtype=torch.float64, requires_grad=True)
+    _compare(lambda t: _call(name, FC, t, kwargs), lambda t: _call(name, F, t, kwargs), unbatched, torch.float64)
+
+
+@pytest.mark.parametrize("name,kwargs", POOL_CALLS_2D, ids=lambda v: v if isinstance(v, str) else "")
+def test_noncontiguous_and_channels_last(name, kwargs):
+    base = torch.randn(2, 6, 14, 12, dtype=torch.float64)
+    layouts = [
+        base[:, ::2, 1:, ::2],                                  # strided slices
+        base.transpose(2, 3),                                   # transposed spatial dims
+        base.contiguous(memory_format=torch.channels_last),
+        base.permute(1, 0, 2, 3),                               # batch and channels swapped
+        base[:1, :1].expand(3, 4, 14, 12),                      # zero strides
+    ]
+    for x in layouts:
+        x = x.detach().requires_grad_()
+        _compare(lambda t: _call(name, FC, t, kwargs), lambda t: _call(name, F, t, kwargs), x, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", [20, 48])
+def test_channels_last_kernel(channels, dtype):
+    # Channels-last inputs with at least one vector of channels are pooled without an NCHW copy,
+    # vectorised over channels; 20 and 48 channels also exercise the overlapping last channel block.
+    x = torch.randn(2, channels, 11, 10, dtype=dtype)
+    x[0, 3, 4, 4] = float("nan")
+    x[1, 7, 2:5, 2:5] = float("-inf")
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    for k, s, p, d, ceil in [(3, 2, 1, 1, False), (2, 2, 0, 1, True), (3, 1, 1, 2, True), ((2, 3), (1, 2), (1, 0), 1, False)]:
+        ours = FC.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        theirs = F.max_pool2d(x.detach().contiguous(), k, s, p, d, ceil, return_indices=True)
+        torch.testing.assert_close(ours[0], theirs[0], equal_nan=True)
+        assert torch.equal(ours[1], theirs[1])
+        for count_include_pad, divisor in [(True, None), (False, None), (True, 5)]:
+            if d != 1:
+                continue
+            ours = FC.avg_pool2d(x, k, s, p, ceil, count_include_pad, divisor)
+            theirs = F.avg_pool2d(x.detach().contiguous(), k, s, p, ceil, count_include_pad, divisor)
+            torch.testing.assert_close(ours, theirs, equal_nan=True, **TOL[dtype])
+    clean = torch.randn(2, channels, 9, 9, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    clean.requires_grad_()
+    _compare(lambda t: FC.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), clean, dtype)
+    _compare(lambda t: FC.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1), clean, dtype)
+
+
+_ISA_CHECK = textwrap.dedent("""
+    import torch, torch.nn.functional as F
+    import fastconv, fastconv.functional as FC
+    assert fastconv.build_info()["cpu_isa"] == "{isa}", fastconv.build_info()
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        for shape in [(2, 3, 13, 37), (1, 20, 9, 40)]:
+            x = torch.randn(shape, dtype=dtype)
+            x[0, 0, 1, 5] = float("nan")
+            for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+                for k, s, p, d in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1), (3, 4, 1, 1)]:
+                    a, b = FC.max_pool2d(layout, k, s, p, d, True, True), F.max_pool2d(x, k, s, p, d, True, True)
+                    assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0], equal_nan=True), (k, s, p, d)
+                    if d == 1:
+                        a, b = FC.avg_pool2d(layout, k, s, p, True, False), F.avg_pool2d(x, k, s, p, True, False)
+                        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True), (k, s, p)
+                a, b = FC.adaptive_avg_pool2d(layout, (4, 7)), F.adaptive_avg_pool2d(x, (4, 7))
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+            y = torch.randn(shape, dtype=dtype, requires_grad=True)
+            for fc, tf in [(lambda t: FC.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+                           (lambda t: FC.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1))]:
+                go = torch.randn_like(tf(y))
+                ga, = torch.autograd.grad(fc(y), y, go)
+                gb, = torch.autograd.grad(tf(y), y, go)
+                assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-6)
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_sets(isa):
+    # The kernels are compiled per instruction set and the widest the CPU has is picked once per
+    # process; FASTCONV_CPU_ISA forces a narrower one, so each variant runs in its own process.
+    if fastconv.build_info()["cpu_isa"] == "baseline" and isa != "baseline":
+        pytest.skip("this build or CPU has no wider kernels than the baseline")
+    env = dict(os.environ, FASTCONV_CPU_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", _ISA_CHECK.format(isa=isa)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
+def test_adaptive_empty_output(name):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    for out_size in [(0, 3), 0]:
+        out = _call(name, FC, x, dict(output_size=out_size))
+        assert out.shape == _call(name, F, x.detach(), dict(output_size=out_size)).shape
+        out.sum().backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+        x.grad = None
+    # An empty channel dim: adaptive average pooling allows it, as torch does.
+    empty_c = torch.randn(2, 0, 5, 5)
+    if name == "adaptive_avg_pool2d":
+        assert FC.adaptive_avg_pool2d(empty_c, 2).shape == F.adaptive_avg_pool2d(empty_c, 2).shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients: gradcheck, determinism, thread counts
+# ----------------------------------------------------------------------------------------------
+
+GRADCHECK_CALLS = [
+    lambda x: FC.max_pool2d(x, 3, 2, 1),
+    lambda x: FC.max_pool2d(x, (2, 3), (1, 2), (1, 0), (2, 1), ceil_mode=True),
+    lambda x: FC.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    lambda x: FC.avg_pool2d(x, (3, 2), 1, (1, 0), divisor_override=5),
+    lambda x: FC.adaptive_avg_pool2d(x, (3, 4)),
+    lambda x: FC.adaptive_avg_pool2d(x, (9, 8)),
+    lambda x: FC.adaptive_max_pool2d(x, (3, 2)),
+    lambda x: FC.max_pool1d(x.flatten(2), 4, 3, 2, ceil_mode=True),
+    lambda x: FC.avg_pool1d(x.flatten(2), 3, 2, 1),
+    lambda x: FC.adaptive_avg_pool1d(x.flatten(2), 7),
+    lambda x: FC.adaptive_max_pool1d(x.flatten(2), 5),
+]
+
+
+@pytest.mark.parametrize("index", range(len(GRADCHECK_CALLS)))
+def test_gradcheck(index):
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(GRADCHECK_CALLS[index], (x,))
+
+
+def test_backward_is_deterministic_and_thread_count_independent():
+    x = torch.randn(4, 8, 33, 31, requires_grad=True)
+    calls = [lambda t: FC.max_pool2d(t, 3, 1, 1), lambda t: FC.avg_pool2d(t, 3, 2, 1, ceil_mode=True),
+             lambda t: FC.adaptive_avg_pool2d(t, 7), lambda t: FC.adaptive_max_pool2d(t, (5, 9))]
+    previous = torch.get_num_threads()
+    try:
+        for call in calls:
+            results = []
+            for threads in (2, 2, 1):
+                torch.set_num_threads(threads)
+                out = call(x)
+                grad_out = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+                results.append((out, _grads(out, x, grad_out)))
+            for out, grad in results[1:]:
+                assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_double_backward_raises():
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(FC.avg_pool2d(x, 2).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+# ----------------------------------------------------------------------------------------------
+# Operators: opcheck, torch.compile
+# ----------------------------------------------------------------------------------------------
+
+
+def test_opcheck_every_pooling_op():
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    xd = x.detach()
+    window = ([3, 2], [2, 1], [1, 1], [1, 2], True)
+    torch.library.opcheck(ops.max_pool2d, (x, *window))
+    torch.library.opcheck(ops.max_pool2d, (x[0], [2, 2], [2, 2], [0, 0], [1, 1], False))
+    out, idx = ops.max_pool2d(xd, *window)
+    torch.library.opcheck(ops.max_pool2d_backward, (torch.randn_like(out), xd, idx, *window))
+    avg = ([3, 3], [2, 2], [1, 1], True, False, None)
+    torch.library.opcheck(ops.avg_pool2d, (x, *avg))
+    torch.library.opcheck(ops.avg_pool2d, (x, [2, 2], [1, 1], [0, 0], False, True, 3))
+    out = ops.avg_pool2d(xd, *avg)
+    torch.library.opcheck(ops.avg_pool2d_backward, (torch.randn_like(out), xd, *avg))
+    torch.library.opcheck(ops.adaptive_avg_pool2d, (x, [4, 5]))
+    torch.library.opcheck(ops.adaptive_avg_pool2d_backward, (torch.randn(2, 3, 4, 5), xd))
+    torch.library.opcheck(ops.adaptive_max_pool2d, (x, [4, 3]))
+    _, idx = ops.adaptive_max_pool2d(xd, [4, 3])
+    torch.library.opcheck(ops.adaptive_max_pool2d_backward, (torch.randn(2, 3, 4, 3), xd, idx))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3, 3, 3) * 0.3)
+
+        def forward(self, x):
+            y = torch.nn.functional.conv2d(x, self.w, padding=1)
+            a = FC.max_pool2d(y, 3, 2, 1)
+            b = FC.avg_pool2d(y, 2, ceil_mode=True, count_include_pad=False)
+            c = FC.adaptive_avg_pool2d(a, (3, None)).sum() + FC.adaptive_max_pool2d(b, 2).sum()
+            d = FC.max_pool1d(y.flatten(2), 4, 3, 1).sum() + FC.avg_pool1d(y.flatten(2), 3).sum()
+            e = FC.adaptive_avg_pool1d(y.flatten(2), 5).sum() + FC.adaptive_max_pool1d(y.flatten(2), 6).sum()
+            return c + d + e
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.randn(2, 3, 11, 10)
+    eager = net(x)
+    eager_grads = torch.autograd.grad(eager, list(net.parameters()))
+    compiled = torch.compile(net, fullgraph=True)
+    out = compiled(x)
+    grads = torch.autograd.grad(out, list(net.parameters()))
+    torch.testing.assert_close(out, eager)
+    for g1, g2 in zip(grads, eager_grads):
+        torch.testing.assert_close(g1, g2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: same exception class as torch
+# ----------------------------------------------------------------------------------------------
+
+X4, X3 = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8)
+BAD_CALLS = [
+    ("max_pool2d", (X4, 0)), ("max_pool2d", (X4, -1, 1)), ("max_pool2d", (X4, 2, 0)), ("max_pool2d", (X4, 2, -1)),
+    ("max_pool2d", (X4, 2, 1, -1)), ("max_pool2d", (X4, 3, 1, 2)), ("max_pool2d", (X4, 3, 1, 2, 2)),
+    ("max_pool2d", (X4, 2, 1, 0, 0)), ("max_pool2d", (X4, 9)), ("max_pool2d", (X4, (1, 2, 3))),
+    ("max_pool2d", (X4, 2, 2, ())), ("max_pool2d", (X4, 2.0)), ("max_pool2d", (X4, (2, 2.5))),
+    ("max_pool2d", (torch.randn(3, 8), 2)), ("max_pool2d", (torch.randn(1, 1, 3, 8, 8), 2)),
+    ("max_pool2d", (torch.randn(2, 0, 8, 8), 2)), ("max_pool2d", (torch.randn(2, 3, 0, 8), 2)),
+    ("max_pool2d", (torch.randn(0, 8, 8), 2)), ("max_pool2d", ([1.0, 2.0], 2)),
+    ("avg_pool2d", (X4, 0)), ("avg_pool2d", (X4, 2, 0)), ("avg_pool2d", (X4, 2, 1, -1)), ("avg_pool2d", (X4, 3, 1, 2)),
+    ("avg_pool2d", (X4, 9)), ("avg_pool2d", (X4, 2, 2, 0, False, True, 0)), ("avg_pool2d", (X4, 2, 2, 0, False, True, 2.5)),
+    ("avg_pool2d", (torch.randn(3, 8), 2)), ("avg_pool2d", (torch.randn(8), 2)),
+    ("avg_pool2d", (torch.randn(1, 1, 3, 8, 8), 2)), ("avg_pool2d", (torch.randn(2, 0, 8, 8), 2)),
+    ("avg_pool2d", (X4, (2, 2, 2))),
+    ("max_pool1d", (X3, 0)), ("max_pool1d", (X3, 2, 0)), ("max_pool1d", (X3, 2, 1, -1)), ("max_pool1d", (X3, 3, 1, 2)),
+    ("max_pool1d", (X3, 2, 1, 0, 0)), ("max_pool1d", (X3, 9)), ("max_pool1d", (X3, (2, 2))),
+    ("max_pool1d", (torch.randn(8), 2)), ("max_pool1d", (X4, 2)), ("max_pool1d", (torch.randn(2, 0, 8), 2)),
+    ("max_pool1d", (torch.randn(2, 3, 0), 2)),
+    ("avg_pool1d", (X3, 0)), ("avg_pool1d", (X3, 2, -1)), ("avg_pool1d", (X3, 3, 1, 2)), ("avg_pool1d", (X3, 9)),
+    ("avg_pool1d", (X3, 2.0)), ("avg_pool1d", (torch.randn(8), 2)), ("avg_pool1d", (X4, 2)),
+    ("adaptive_avg_pool2d", (X4, (-1, 2))), ("adaptive_avg_pool2d", (X4, (2, 2, 2))), ("adaptive_avg_pool2d", (X4, (2,))),
+    ("adaptive_avg_pool2d", (X4, None)), ("adaptive_avg_pool2d", (X4, 2.0)), ("adaptive_avg_pool2d", (X4, (2.0, 2))),
+    ("adaptive_avg_pool2d", (torch.randn(3, 8), 2)), ("adaptive_avg_pool2d", (torch.randn(2, 3, 0, 8), 2)),
+    ("adaptive_max_pool2d", (X4, (-1, 2))), ("adaptive_max_pool2d", (X4, (2, 2, 2))), ("adaptive_max_pool2d", (X4, None)),
+    ("adaptive_max_pool2d", (torch.randn(2, 0, 8, 8), 2)), ("adaptive_max_pool2d", (torch.randn(1, 1, 3, 8, 8), 2)),
+    ("adaptive_avg_pool1d", (X3, -1)), ("adaptive_avg_pool1d", (X3, (2, 2))), ("adaptive_avg_pool1d", (X3, (None,))),
+    ("adaptive_avg_pool1d", (torch.randn(8), 2)), ("adaptive_avg_pool1d", (torch.randn(2, 3, 0), 2)),
+    ("adaptive_max_pool1d", (X3, -1)), ("adaptive_max_pool1d", (X3, None)), ("adaptive_max_pool1d", (X4, 2)),
+    ("adaptive_max_pool1d", (torch.randn(2, 0, 8), 2)),
+]
+
+
+@pytest.mark.parametrize("name,args", BAD_CALLS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD_CALLS)])
+def test_bad_input_raises_like_torch(name, args):
+    with pytest.raises(Exception) as theirs:
+        getattr(F, name)(*args)
+    with pytest.raises(Exception) as ours:
+        getattr(FC, name)(*args)
+    assert type(ours.value) is type(theirs.value), (ours.value, theirs.value)
+    assert str(ours.value)
+
+
+def test_error_messages_name_the_argument():
+    with pytest.raises(RuntimeError, match=r"padding should be at most half of kernel size.*padding=\[2, 2\]"):
+        FC.max_pool2d(X4, 3, 1, 2)
+    with pytest.raises(RuntimeError, match=r"max_pool1d\(\): stride must be greater than zero, but got stride=0"):
+        FC.max_pool1d(X3, 2, 0)
+    with pytest.raises(RuntimeError, match=r"output size .* is too small"):
+        FC.avg_pool2d(X4, 9)
+    with pytest.raises(RuntimeError, match=r"output_size must be greater than or equal to 0.*\[-1, 2\]"):
+        FC.adaptive_max_pool2d(X4, (-1, 2))
+    for bad in (X4.half(), X4.to(torch.int64), X4.bfloat16()):
+        with pytest.raises(RuntimeError, match="float32 and float64"):
+            FC.max_pool2d(bad, 2)
+        with pytest.raises(RuntimeError, match="float32 and float64"):
+            FC.adaptive_avg_pool2d(bad, 2)
+
+
+def test_backward_ops_check_their_arguments():
+    x = torch.randn(2, 3, 8, 8)
+    out, idx = ops.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="grad_output of size"):
+        ops.max_pool2d_backward(torch.randn(2, 3, 5, 4), x, idx, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="indices must be int64"):
+        ops.max_pool2d_backward(out, x, idx.int(), [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.avg_pool2d_backward(out.double(), x, [2, 2], [2, 2], [0, 0], False, True, None)
+    with pytest.raises(RuntimeError, match="divisor_override"):
+        ops.avg_pool2d(x, [2, 2], [2, 2], [0, 0], False, True, 0)
+    # Indices that name no element of the plane get no gradient (and never write out of bounds).
+    bad_idx = idx.clone()
+    bad_idx[0, 0, 0, 0], bad_idx[1, 2, 3, 3] = -5, 64
+    grad = ops.max_pool2d_backward(torch.ones_like(out), x, bad_idx, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    assert grad.sum().item() == out.numel() - 2
