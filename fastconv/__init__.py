@@ -9,6 +9,8 @@ The operators are also available as torch.ops.fastconv.*.
 from ._loader import build_info
 from . import _ops  # noqa: F401
 from . import functional
+from . import nn
+from .convert import convert, revert
 
 __version__ = "0.1.0"
-__all__ = ["functional", "build_info", "__version__"]
+__all__ = ["functional", "nn", "convert", "revert", "build_info", "__version__"]

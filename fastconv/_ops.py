@@ -23,7 +23,8 @@ def _unused_grad(like):
 def _conv_fake(spatial_dims):
     def fake(input, weight, bias, stride, padding, dilation, groups, algo):
         torch._check(input.dim() == spatial_dims + 2, lambda: f"expected a {spatial_dims + 2}-D input")
-        sizes = [input.shape[0], weight.shape[0]]
+        # torch's shape: a zero-channel input gives a zero-channel output (csrc/common/shapes.h).
+        sizes = [input.shape[0], 0 if input.shape[1] == 0 else weight.shape[0]]
         for d in range(spatial_dims):
             sizes.append(conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d]))
         return input.new_empty(sizes)

@@ -28,11 +28,53 @@ _ops_ns = torch.ops.fastconv
 # ----------------------------------------------------------------------------------------------
 
 
+def _is_int(value, allow_bool=False):
+    """What torch's argument parser takes as an int: Python and numpy integers and integer 0-d tensors,
+    not floats or strings, and not bools (except after the first entry of a list, which torch unpacks
+    as ints)."""
+    if isinstance(value, bool):
+        return allow_bool
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_int64(name, op, value, in_list):
+    """torch raises ValueError for an int64 overflow of a scalar argument, TypeError inside a list."""
+    if not -(2**63) <= int(value) < 2**63:
+        if in_list:
+            raise TypeError(f"{op}(): argument '{name}' failed to unpack the object: Overflow when unpacking long long")
+        raise ValueError(f"{op}(): argument '{name}': Overflow when unpacking long long")
+
+
+def _check_int_args(op, ints=(), int_lists=()):
+    """Type checks in the order torch's argument parser makes them, before any value is looked at:
+    TypeError for an argument of the wrong type, as torch.nn.functional raises."""
+    for name, value in int_lists:
+        if isinstance(value, (tuple, list)):
+            if not all(_is_int(v, allow_bool=i > 0) for i, v in enumerate(value)):
+                raise TypeError(f"{op}(): argument '{name}' must be a tuple of ints, but got {value!r}")
+            for v in value:
+                _check_int64(name, op, v, True)
+        elif _is_int(value):
+            _check_int64(name, op, value, False)
+        else:
+            raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+    for name, value in ints:
+        if not _is_int(value):
+            raise TypeError(f"{op}(): argument '{name}' must be int, not {type(value).__name__}")
+        _check_int64(name, op, value, False)
+
+
 def _conv_param(value, name, spatial_dims):
     """An int or a sequence of spatial_dims ints, as a list (torch's rule and message)."""
-    if isinstance(value, int):
-        return [value] * spatial_dims
-    values = list(value)
+    if _is_int(value):
+        return [int(value)] * spatial_dims
+    values = [int(v) for v in value]
     if len(values) == 1:
         return values * spatial_dims
     if len(values) != spatial_dims:
@@ -61,6 +103,13 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
         raise ValueError(f"{name}: algo must be one of {CONV_ALGOS}, got {algo!r}")
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name}: input and weight must be tensors")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name}: bias must be a tensor or None, not {type(bias).__name__}")
+    int_lists = [("stride", stride), ("dilation", dilation)]
+    if not isinstance(padding, str):
+        int_lists.append(("padding", padding))
+    _check_int_args(name, ints=[("groups", groups)], int_lists=int_lists)
+    groups = int(groups)
     batched_dims = spatial_dims + 2
     if input.dim() not in (batched_dims - 1, batched_dims):
         raise RuntimeError(
@@ -82,14 +131,15 @@ def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, gr
             if weight.dim() != batched_dims:
                 raise RuntimeError(f"{name}: expected a {batched_dims}-D weight, got weight of size {list(weight.shape)}")
             # Total padding dilation * (k - 1): the smaller half on each side, the odd element (even
-            # kernels) on the right/bottom, exactly as torch pads for 'same'.
+            # kernels) on the right/bottom, exactly as torch pads for 'same'. torch halves with C++
+            # division (towards zero): for an empty kernel (total -1) it crops the input's left edge.
             total = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(spatial_dims)]
-            padding = [t // 2 for t in total]
-            extra = [t - 2 * (t // 2) for t in total]
+            padding = [t // 2 if t >= 0 else -(-t // 2) for t in total]
+            extra = [t - 2 * p for t, p in zip(total, padding)]
             if any(extra):
                 pad_arg = []
                 for d in reversed(range(spatial_dims)):
-                    pad_arg += [0, extra[d]]
+                    pad_arg += [0, extra[d]] if extra[d] > 0 else [extra[d], 0]
                 input = F.pad(input, pad_arg)
         else:
             raise RuntimeError(f"Invalid padding string: '{padding}'")

@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/irange.h>
 
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -47,10 +48,15 @@ struct ConvGeometry {
   // Rows of the im2col matrix of one group: input channels of the group x filter taps.
   int64_t col_rows() const { return in_channels_per_group() * kernel_h * kernel_w; }
   bool is_depthwise() const { return groups == in_channels && groups > 1; }
+  // torch computes nothing when the batch or the input channels are empty; such a call has an empty
+  // output and no kernel runs.
+  bool is_empty() const { return batch == 0 || in_channels == 0; }
   bool is_pointwise_unit() const {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
   }
-  std::vector<int64_t> output_sizes() const { return {batch, out_channels, out_h, out_w}; }
+  // torch's output shape: a zero-channel input gives a zero-channel output, whatever the weight.
+  int64_t output_channels() const { return in_channels == 0 ? 0 : out_channels; }
+  std::vector<int64_t> output_sizes() const { return {batch, output_channels(), out_h, out_w}; }
 };
 
 // Sizes of a parameter list must match the number of spatial dims (torch accepts exactly that).
@@ -77,8 +83,15 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   check_param_list(op, "dilation", dilation, spatial_dims);
   for (auto s : stride) TORCH_CHECK(s > 0, op, ": non-positive stride is not supported (stride=", to_str(stride), ")");
   for (auto p : padding) TORCH_CHECK(p >= 0, op, ": negative padding is not supported (padding=", to_str(padding), ")");
+  // torch's limit, which keeps in + 2 * padding inside int64.
+  for (auto p : padding)
+    TORCH_CHECK(p <= std::numeric_limits<int64_t>::max() / 2, op, ": padding=", to_str(padding),
+                " is too large; expected padding to be at most ", std::numeric_limits<int64_t>::max() / 2);
+  // torch lets a zero dilation through when the call is empty (zero batch or input channels).
+  const bool empty_call = input.size(0) == 0 || input.size(1) == 0;
   for (auto d : dilation)
-    TORCH_CHECK(d > 0, op, ": dilation should be greater than zero (dilation=", to_str(dilation), ")");
+    TORCH_CHECK(d > 0 || (d == 0 && empty_call), op, ": dilation should be greater than zero (dilation=",
+                to_str(dilation), ")");
   TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported (groups=", groups, ")");
 
   TORCH_CHECK(input.device() == weight.device(), op, ": input is on ", input.device(), " but weight is on ",
@@ -93,10 +106,12 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
   g.groups = groups;
   TORCH_CHECK(g.out_channels % groups == 0, op, ": expected weight's out_channels (", g.out_channels,
               ") to be divisible by groups=", groups, ", weight has size ", to_str(weight.sizes()));
-  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ",
-              g.in_channels % groups == 0 ? g.in_channels / groups : g.in_channels, " input channels per group (input has ",
-              g.in_channels, " channels, groups=", groups, "), got ", weight.size(1), " (input ",
-              to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels % groups == 0, op, ": expected input channels (", g.in_channels,
+              ") to be divisible by groups=", groups, " (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ")");
+  TORCH_CHECK(g.in_channels == weight.size(1) * groups, op, ": expected weight with ", g.in_channels / groups,
+              " input channels per group (input has ", g.in_channels, " channels, groups=", groups, "), got ",
+              weight.size(1), " (input ", to_str(input.sizes()), ", weight ", to_str(weight.sizes()), ")");
   TORCH_CHECK(g.out_channels > 0, op, ": weight has no output channels (weight ", to_str(weight.sizes()), ")");
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, op,
@@ -128,22 +143,35 @@ inline ConvGeometry check_conv(const char* op, int64_t spatial_dims, const at::T
     g.dil_h = dilation[0];
     g.dil_w = dilation[1];
   }
-  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
-              to_str(weight.sizes()), ")");
-  for (int64_t d = 2; d < dims; ++d)
-    TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ", to_str(input.sizes()),
-                ")");
-  const int64_t span_h = g.dil_h * (g.kernel_h - 1) + 1;
-  const int64_t span_w = g.dil_w * (g.kernel_w - 1) + 1;
-  const int64_t padded_h = g.in_h + 2 * g.pad_h;
-  const int64_t padded_w = g.in_w + 2 * g.pad_w;
+  // As in torch, an empty call (zero batch or zero input channels) accepts zero-size spatial dims and
+  // kernels (but see the IndexError below).
+  if (!g.is_empty()) {
+    TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, op, ": weight has an empty kernel (weight ",
+                to_str(weight.sizes()), ")");
+    for (int64_t d = 2; d < dims; ++d)
+      TORCH_CHECK(input.size(d) > 0, op, ": input has a zero-size spatial dimension (input ",
+                  to_str(input.sizes()), "); only a zero batch or zero channels may come with one");
+  }
+  // Size arithmetic on user-given values, checked for int64 overflow (huge dilations or paddings).
+  int64_t span_h, span_w, padded_h, padded_w, extent_h, extent_w, out_h, out_w;
+  const bool overflow =
+      __builtin_mul_overflow(g.dil_h, g.kernel_h - 1, &span_h) || __builtin_add_overflow(span_h, 1, &span_h) ||
+      __builtin_mul_overflow(g.dil_w, g.kernel_w - 1, &span_w) || __builtin_add_overflow(span_w, 1, &span_w) ||
+      __builtin_add_overflow(g.in_h, 2 * g.pad_h, &padded_h) || __builtin_add_overflow(g.in_w, 2 * g.pad_w, &padded_w) ||
+      __builtin_sub_overflow(padded_h, span_h, &extent_h) || __builtin_sub_overflow(padded_w, span_w, &extent_w) ||
+      __builtin_add_overflow(extent_h / g.stride_h, 1, &out_h) || __builtin_add_overflow(extent_w / g.stride_w, 1, &out_w);
+  TORCH_CHECK(!overflow, op, ": sizes overflow 64-bit integers (input ", to_str(input.sizes()), ", weight ",
+              to_str(weight.sizes()), ", padding=", to_str(padding), ", dilation=", to_str(dilation), ")");
   TORCH_CHECK(span_h <= padded_h && span_w <= padded_w, op, ": padded input size per channel (",
               spatial_dims == 1 ? std::to_string(padded_w) : std::to_string(padded_h) + " x " + std::to_string(padded_w),
               ") is smaller than the dilated kernel size (",
               spatial_dims == 1 ? std::to_string(span_w) : std::to_string(span_h) + " x " + std::to_string(span_w),
               "); kernel size can't be greater than actual input size");
-  g.out_h = (padded_h - span_h) / g.stride_h + 1;
-  g.out_w = (padded_w - span_w) / g.stride_w + 1;
+  // After the size check, as in torch: an empty kernel on a zero batch with channels is an IndexError there.
+  TORCH_CHECK_INDEX(!g.is_empty() || g.in_channels == 0 || (g.kernel_h > 0 && g.kernel_w > 0), op,
+                    ": weight has an empty kernel (weight ", to_str(weight.sizes()), ")");
+  g.out_h = out_h;
+  g.out_w = out_w;
   return g;
 }
 
@@ -166,7 +194,7 @@ inline OutputRange valid_output_range(int64_t out_size, int64_t in_size, int64_t
 // Checks for a backward call: grad_output must have the forward output's shape.
 inline void check_conv_grad_output(const char* op, const ConvGeometry& g, const at::Tensor& grad_output,
                                    int64_t spatial_dims) {
-  std::vector<int64_t> expected = {g.batch, g.out_channels};
+  std::vector<int64_t> expected = {g.batch, g.output_channels()};
   if (spatial_dims == 2) expected.push_back(g.out_h);
   expected.push_back(g.out_w);
   TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
@@ -320,7 +348,8 @@ inline void check_float_dtype(const char* op, const at::Tensor& t, bool allow_re
   const auto st = t.scalar_type();
   const bool ok = st == at::kFloat || st == at::kDouble ||
                   (allow_reduced_precision && (st == at::kHalf || st == at::kBFloat16));
-  TORCH_CHECK(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
+  // NotImplementedError, the class torch raises for a dtype a kernel has no implementation for.
+  TORCH_CHECK_NOT_IMPLEMENTED(ok, op, ": unsupported dtype ", st, "; supported dtypes are float32 and float64",
               allow_reduced_precision ? ", float16 and bfloat16" : "", " on ", t.device().type() == at::kCPU ? "CPU" : "CUDA");
 }
 

@@ -43,7 +43,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
   const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     out = at::empty(g.output_sizes(), input.options());
   } else {
     // The direct kernels choose their own input layout (channels-last input is used as it is).
@@ -71,7 +71,7 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
   const at::Tensor weight_c = weight.contiguous();
 
   at::Tensor grad_input, grad_weight;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
   } else {
@@ -87,7 +87,10 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
       if (mask[1]) grad_weight = gw;
     }
   }
-  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
+  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
+                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
+                                              : conv_grad_bias(grad_output_c);
   if (!output_mask[0]) grad_input = unused_grad(input);
   if (!output_mask[1]) grad_weight = unused_grad(input);
   return {grad_input, grad_weight, grad_bias};
@@ -111,7 +114,7 @@ int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& we
                                    const std::string& algo) {
   ConvGeometry g = check_conv("conv2d_workspace_bytes", 2, input, weight, std::nullopt, stride, padding, dilation,
                               groups);
-  if (g.batch == 0) return 0;
+  if (g.is_empty()) return 0;
   // The most scratch memory any one pass allocates.
   int64_t most = 0;
   for (ConvPass pass : {ConvPass::Forward, ConvPass::BackwardInput, ConvPass::BackwardWeight}) {

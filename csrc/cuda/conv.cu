@@ -1,0 +1,144 @@
+// CUDA registration of the convolution ops: argument checks, device guard, layout preparation,
+// algorithm dispatch, bias. The algorithms live in conv_im2col.cu and conv_direct.cu; this file mirrors
+// csrc/cpu/conv.cpp.
+#include <torch/library.h>
+
+#include "common/conv_adapters.h"
+#include "common/shapes.h"
+#include "cuda/conv_kernels.cuh"
+#include "cuda/cuda_utils.cuh"
+
+namespace fastconv::cuda {
+namespace {
+
+// One block per channel (block loop): each thread sums a strided slice of (image, pixel) in order, then
+// the block adds the partial sums in a fixed tree. Deterministic.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    channel_sum_kernel(const scalar_t* __restrict__ grad_output, scalar_t* __restrict__ grad_bias, int64_t batch,
+                       int64_t channels, int64_t plane) {
+  using acc_t = acc_type<scalar_t>;
+  __shared__ acc_t scratch[kThreads];
+  const int64_t items = batch * plane;
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    acc_t sum = 0;
+    for (int64_t m = threadIdx.x; m < items; m += kThreads) {
+      const int64_t n = m / plane, p = m % plane;
+      sum += static_cast<acc_t>(grad_output[(n * channels + c) * plane + p]);
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) grad_bias[c] = static_cast<scalar_t>(sum);
+  }
+}
+
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const std::string& algo) {
+  const ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/true);
+  check_float_dtype("conv2d", input, /*allow_reduced_precision=*/true);
+  const DeviceGuard guard(input.device());
+  // The ATen calls below (matmul, bmm_out, copies) are implementation detail, never autograd history,
+  // even when the op is called directly on tensors that require grad.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  // Kernels read NCHW; these locals keep the contiguous copies alive while they run.
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor weight_c = weight.contiguous();
+  at::Tensor out;
+  if (g.batch == 0) {
+    out = at::empty(g.output_sizes(), input.options());
+  } else {
+    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
+                                    : direct_conv2d_forward(g, input_c, weight_c);
+  }
+  if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
+  return out;
+}
+
+ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
+  const ConvGeometry g =
+      check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/true);
+  check_conv_grad_output("conv2d_backward", g, grad_output, 2);
+  check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
+  check_float_dtype("conv2d_backward", input, true);
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "conv2d_backward: grad_output dtype (",
+              grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
+  const DeviceGuard guard(input.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor grad_output_c = grad_output.contiguous();
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor weight_c = weight.contiguous();
+
+  at::Tensor grad_input, grad_weight;
+  if (g.batch == 0) {
+    if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
+    if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
+  } else if (output_mask[0] || output_mask[1]) {
+    const std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
+    std::tie(grad_input, grad_weight, std::ignore) =
+        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+                                  : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+  }
+  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  if (!output_mask[0]) grad_input = unused_grad(input);
+  if (!output_mask[1]) grad_weight = unused_grad(input);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+at::Tensor conv1d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                       const std::string& algo) {
+  return conv1d_via_conv2d(conv2d_cuda, input, weight, bias, stride, padding, dilation, groups, algo);
+}
+
+ConvGrads conv1d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
+  return conv1d_backward_via_conv2d(conv2d_backward_cuda, grad_output, input, weight, stride, padding, dilation,
+                                    groups, output_mask, algo);
+}
+
+int64_t conv2d_workspace_bytes_cuda(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                                    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                    const std::string& algo) {
+  const char* op = "conv2d_workspace_bytes";
+  const ConvGeometry g = check_conv(op, 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  if (g.batch == 0) return 0;
+  // The larger of the two passes' scratch memory ("auto" may pick a different algorithm per pass).
+  int64_t bytes = 0;
+  for (const ConvPass pass : {ConvPass::Forward, ConvPass::Backward}) {
+    const ConvAlgo which = parse_conv_algo(op, algo, g, pass, /*on_cuda=*/true);
+    const int64_t pass_bytes = which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
+                               : pass == ConvPass::Backward ? direct_backward_workspace_bytes(g, input.scalar_type())
+                                                            : 0;
+    bytes = std::max(bytes, pass_bytes);
+  }
+  return bytes;
+}
+
+}  // namespace
+
+at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
+  const int64_t batch = grad_output.size(0), channels = grad_output.size(1);
+  const int64_t plane = grad_output.numel() / std::max<int64_t>(1, batch * channels);
+  at::Tensor grad_bias = at::empty({channels}, grad_output.options());
+  FASTCONV_DISPATCH_FLOAT_TYPES(grad_output.scalar_type(), "conv_grad_bias_cuda", [&] {
+    launch_kernel(channel_sum_kernel<scalar_t>, grid_for_blocks(channels), kThreads, 0,
+                  grad_output.const_data_ptr<scalar_t>(), grad_bias.mutable_data_ptr<scalar_t>(), batch, channels,
+                  plane);
+  });
+  return grad_bias;
+}
+
+TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
+  m.impl("conv1d", &conv1d_cuda);
+  m.impl("conv1d_backward", &conv1d_backward_cuda);
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_backward", &conv2d_backward_cuda);
+  m.impl("conv2d_workspace_bytes", &conv2d_workspace_bytes_cuda);
+}
+
+}  // namespace fastconv::cuda

@@ -1,0 +1,228 @@
+"""Transfer learning with a torchvision ResNet-18 converted to fastconv.
+
+A network trained on one task has learned features (edges, strokes, parts) that help on another. Two
+ways to reuse it, both run here on the target task after fastconv.convert(resnet18):
+  (a) feature extraction: freeze the network, train only a new linear head;
+  (b) fine-tuning: then unfreeze everything and train on with a lower learning rate.
+A ResNet-18 trained from scratch on the target task with the same budget as (a) + (b) is the baseline.
+
+Where the starting weights come from (--weights):
+  pretrain   (default, offline) pretrain on digits 0-4 of scikit-learn's 8x8 digits, save that
+             checkpoint, then transfer to digits 5-9 with only a few labelled images per class
+  imagenet   torchvision's ImageNet weights (ResNet18_Weights.IMAGENET1K_V1; downloaded, needs internet)
+  PATH       a local checkpoint: one saved by this example, or a torchvision ResNet-18 state_dict
+
+    python examples/finetune_resnet.py            # offline, default budget
+    python examples/finetune_resnet.py --quick    # seconds: checks that everything runs
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import fastconv
+from common import (TensorLoader, base_parser, capture_feature_maps, fill_budget, plot_curves, plot_feature_maps,
+                    plot_filters, print_summary, train)
+
+SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the 8x8 digits as small RGB images
+# ----------------------------------------------------------------------------------------------
+
+
+def digits_as_rgb(size, mean, std):
+    """scikit-learn's digits upsampled to size x size, grey copied to 3 channels, normalised per channel."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = images.expand(-1, 3, -1, -1)
+    images = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return images.contiguous(), torch.tensor(digits.target)
+
+
+def task_split(images, labels, classes, train_per_class, test_per_class, seed):
+    """Images of ``classes`` relabelled 0..k-1, split per class into training and test images.
+
+    ``train_per_class``: how many of each class to train on (None: four fifths); the rest, at most
+    ``test_per_class`` of them (None: all), are the test set.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for cls in classes:
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n_train = train_per_class if train_per_class is not None else len(idx) * 4 // 5
+        train_idx.append(idx[:n_train])
+        test_idx.append(idx[n_train:][:test_per_class])
+    relabel = torch.full((10,), -1, dtype=torch.long)
+    relabel[list(classes)] = torch.arange(len(classes))
+    train_idx, test_idx = torch.cat(train_idx), torch.cat(test_idx)
+    return images[train_idx], relabel[labels[train_idx]], images[test_idx], relabel[labels[test_idx]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def resnet18(num_classes, algo, weights=None):
+    """torchvision's ResNet-18 with fastconv's conv and pooling layers (``weights``: a torchvision enum)."""
+    model = torchvision.models.resnet18(weights=weights)
+    model.fc = torch.nn.Linear(model.fc.in_features, num_classes)  # a new head for this task
+    return fastconv.convert(model, inplace=True, algo=algo)
+
+
+def save_checkpoint(model, path, classes, size, mean, std):
+    torch.save({"model": model.state_dict(), "classes": list(classes), "size": size,
+                "mean": list(mean), "std": list(std)}, path)
+    print(f"saved checkpoint {path}")
+
+
+def load_backbone(model, path):
+    """Loads every weight but the classifier head from a checkpoint of this example or a plain
+    torchvision state_dict; returns the normalisation (mean, std) the checkpoint was trained with."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint)
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise RuntimeError(f"{path} is not a ResNet-18 checkpoint (missing {missing}, unexpected {unexpected})")
+    return tuple(checkpoint.get("mean", IMAGENET_MEAN)), tuple(checkpoint.get("std", IMAGENET_STD))
+
+
+def freeze_all_but_head(model):
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+    return [m for name, m in model.named_children() if name != "fc"]
+
+
+def unfreeze(model):
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = base_parser("finetune_resnet", __doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default="pretrain", help="pretrain | imagenet | PATH (see above)")
+    parser.add_argument("--size", type=int, default=None, help="image side fed to the network")
+    parser.add_argument("--shots", type=int, default=None, help="labelled training images per target class")
+    parser.add_argument("--source-shots", type=int, default=None,
+                        help="pretraining images per source class (default: four fifths of them)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
+    parser.add_argument("--pretrain-epochs", type=int, default=None)
+    parser.add_argument("--head-epochs", type=int, default=None, help="(a) feature-extraction epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="(b) fine-tuning epochs")
+    parser.add_argument("--finetune-lr-ratio", type=float, default=0.1,
+                        help="fine-tuning learning rate as a fraction of --lr")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
+    args = parser.parse_args(argv)
+    args = fill_budget(
+        args,
+        quick=dict(size=16, shots=10, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
+                   finetune_epochs=1, batch_size=64, lr=3e-3),
+        full=dict(size=32, shots=10, pretrain_epochs=6, head_epochs=5, finetune_epochs=10, batch_size=64, lr=3e-3))
+    device, test_batch = args.device, 256
+
+    # Where the starting weights come from, and the normalisation they expect.
+    if args.weights == "imagenet":
+        print("loading torchvision's ImageNet weights (downloads them on first use)")
+        imagenet_weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif args.weights == "pretrain":
+        imagenet_weights, mean, std = None, (0.5,) * 3, (0.5,) * 3
+    else:
+        if not os.path.isfile(args.weights):
+            parser.error(f"--weights: no such checkpoint file {args.weights!r}")
+        imagenet_weights, mean, std = None, None, None  # read from the checkpoint below
+
+    histories, rows = {}, []
+    checkpoint = args.weights
+    if args.weights == "pretrain":
+        # Source task: digits 0-4, every labelled image; trained from scratch, then saved.
+        images, labels = digits_as_rgb(args.size, mean, std)
+        xs, ys, xs_test, ys_test = task_split(images, labels, SOURCE_CLASSES, args.source_shots,
+                                             args.test_per_class, args.seed)
+        torch.manual_seed(args.seed)
+        source_model = resnet18(len(SOURCE_CLASSES), args.algo).to(device)
+        print(f"pretraining on digits {SOURCE_CLASSES}: {len(xs)} training, {len(xs_test)} test images "
+              f"of {args.size}x{args.size}")
+        histories["pretrain (digits 0-4)"] = h = train(
+            source_model, TensorLoader(xs, ys, args.batch_size, shuffle=True, seed=args.seed),
+            TensorLoader(xs_test, ys_test, test_batch), args.pretrain_epochs, args.lr, device, desc="pretrain")
+        rows.append({"run": "pretrain on digits 0-4", "epochs": args.pretrain_epochs,
+                     "test accuracy": f"{h['test_acc'][-1]:.1f}%", "time": f"{h['seconds']:.1f} s"})
+        checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
+        save_checkpoint(source_model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
+
+    # Target task: digits 5-9 with only a few labelled images per class.
+    torch.manual_seed(args.seed)
+    model = resnet18(len(TARGET_CLASSES), args.algo, weights=imagenet_weights)
+    if args.weights != "imagenet":
+        mean, std = load_backbone(model, checkpoint)
+    model = model.to(device)
+    images, labels = digits_as_rgb(args.size, mean, std)
+    xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class,
+                                          args.seed)
+    print(f"target task, digits {TARGET_CLASSES}: {len(xt)} training images ({args.shots} per class), "
+          f"{len(xt_test)} test images")
+    target_train = lambda: TensorLoader(xt, yt, args.batch_size, shuffle=True, seed=args.seed)  # noqa: E731
+    target_test = TensorLoader(xt_test, yt_test, test_batch)
+
+    # (a) feature extraction: only the new head learns; the rest stays frozen, batch norm included.
+    frozen = freeze_all_but_head(model)
+    histories["(a) feature extractor"] = h = train(
+        model, target_train(), target_test, args.head_epochs, args.lr, device, desc="(a) head", frozen=frozen)
+    rows.append({"run": "(a) frozen features + new head", "epochs": args.head_epochs,
+                 "test accuracy": f"{h['test_acc'][-1]:.1f}%", "time": f"{h['seconds']:.1f} s"})
+
+    # (b) fine-tuning: everything learns, gently.
+    unfreeze(model)
+    finetune_lr = args.lr * args.finetune_lr_ratio
+    histories["(b) fine-tuned"] = h = train(
+        model, target_train(), target_test, args.finetune_epochs, finetune_lr, device, desc="(b) fine-tune")
+    transfer_acc = h["test_acc"][-1]
+    rows.append({"run": f"(b) fine-tuned, lr {finetune_lr:g}", "epochs": args.finetune_epochs,
+                 "test accuracy": f"{transfer_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+
+    # Baseline: the same network from random weights, the same data and the same number of epochs.
+    budget, scratch_acc = args.head_epochs + args.finetune_epochs, None
+    if not args.no_baseline:
+        torch.manual_seed(args.seed)
+        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
+        histories["from scratch"] = h = train(scratch, target_train(), target_test, budget, args.lr, device,
+                                              desc="scratch")
+        scratch_acc = h["test_acc"][-1]
+        rows.append({"run": "from scratch (baseline)", "epochs": budget,
+                     "test accuracy": f"{scratch_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+
+    source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
+    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} images per class, "
+                  f"{args.size}x{args.size}, starting from {source}:", rows)
+    if scratch_acc is not None:
+        verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
+        print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
+              f"({transfer_acc - scratch_acc:+.1f} points) at the same budget of {budget} epochs")
+
+    plot_curves(histories, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
+    plot_filters(model.conv1.weight, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
+    depths = [("conv1+relu", model.relu), ("layer1", model.layer1), ("layer2", model.layer2),
+              ("layer3", model.layer3), ("layer4", model.layer4)]
+    maps = capture_feature_maps(model, xt_test[:1].to(device), depths)
+    plot_feature_maps(xt_test[:1], maps, os.path.join(args.out, "feature_maps.png"),
+                      "fine-tuned ResNet-18: feature maps of one test image at each depth")
+    return {"transfer": transfer_acc, "scratch": scratch_acc, "checkpoint": checkpoint}
+
+
+if __name__ == "__main__":
+    main()
