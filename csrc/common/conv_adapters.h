@@ -27,13 +27,14 @@ inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cud
   if (g.groups > 1 && g.in_channels_per_group() <= 8) return ConvAlgo::Direct;
   if (on_cuda || g.is_pointwise_unit()) return ConvAlgo::Im2col;
   constexpr int64_t kLargePlane = 128;
+  // h * w >= kLargePlane without forming the product, which can overflow for huge (e.g. empty) outputs.
+  const auto large = [](int64_t h, int64_t w) { return w > 0 && h >= (kLargePlane + w - 1) / w; };
   switch (pass) {
     case ConvPass::Forward:
     case ConvPass::BackwardWeight:
-      return g.out_h * g.out_w >= kLargePlane ? ConvAlgo::Direct : ConvAlgo::Im2col;
+      return large(g.out_h, g.out_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
     case ConvPass::BackwardInput:
-      return g.stride_h == 1 && g.stride_w == 1 && g.in_h * g.in_w >= kLargePlane ? ConvAlgo::Direct
-                                                                                  : ConvAlgo::Im2col;
+      return g.stride_h == 1 && g.stride_w == 1 && large(g.in_h, g.in_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
   }
   return ConvAlgo::Im2col;
 }
