@@ -168,8 +168,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # types, list lengths, 1-D wording, the input's rank) happen here, with torch's exception classes.
 
 
-def _pool_int(value, name, op):
-    """One integer argument; like torch, floats, strings and bools are a TypeError."""
+def _pool_int(value, name, op, allow_bool=False):
+    """One integer argument; like torch, floats, strings and bools are a TypeError (except bools after
+    the first entry of a list, which torch's parser unpacks as ints)."""
+    if isinstance(value, bool) and allow_bool:
+        return int(value)
     if isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
     try:
@@ -188,13 +191,23 @@ def _pool_param(value, name, op, spatial_dims, default=None):
         return list(default)
     if not isinstance(value, (tuple, list, torch.Size)):
         return [_pool_int(value, name, op)] * spatial_dims
-    values = [_pool_int(v, name, op) for v in value]
+    values = [_pool_int(v, name, op, allow_bool=i > 0) for i, v in enumerate(value)]
     if len(values) == 1:
         return values * spatial_dims
     if len(values) != spatial_dims:
         expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
         raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
     return values
+
+
+def _check_pool_types(op, **params):
+    """TypeError for a wrongly typed argument before any length or value is looked at (torch's argument
+    parser matches every argument's type first). stride may be None (its default)."""
+    for name, value in params.items():
+        if value is None and name == "stride":
+            continue
+        for i, v in enumerate(value if isinstance(value, (tuple, list, torch.Size)) else (value,)):
+            _pool_int(v, name, op, allow_bool=i > 0)
 
 
 def _pool_flag(value, name, op):
@@ -243,12 +256,14 @@ def _from_2d(t, spatial_dims):
 
 
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    _check_pool_input(op, input, spatial_dims)
+    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
+    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
     dilation = _pool_param(dilation, "dilation", op, spatial_dims)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    _check_pool_input(op, input, spatial_dims)
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
@@ -268,7 +283,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
+    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
@@ -276,8 +292,9 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
     if divisor_override is not None:
         divisor_override = _pool_int(divisor_override, "divisor_override", op)
-        if divisor_override == 0:
-            raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
+    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    if divisor_override == 0:
+        raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, [1])
         kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
