@@ -318,31 +318,40 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def _adaptive_output_size(op, input, output_size, spatial_dims):
     """output_size as a list of ints. In 2-D a None entry keeps the input's size along that dim; 1-D
-    takes ints only (torch's rules)."""
+    takes ints only (torch's rules). Entry types are checked before the length, as torch does."""
     if output_size is None:
         raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
     if not isinstance(output_size, (tuple, list, torch.Size)):
         return [_pool_int(output_size, "output_size", op)] * spatial_dims
     sizes = list(output_size)
+    if spatial_dims == 2 and sizes:
+        # torch.nn.functional fills None entries from the input's trailing sizes first.
+        sizes = [d if v is None else v for v, d in zip(sizes, input.shape[-len(sizes):])]
+    sizes = [_pool_int(v, "output_size", op, allow_bool=i > 0) for i, v in enumerate(sizes)]
     if len(sizes) != spatial_dims:
         raise RuntimeError(
             f"{op}(): output_size must be an int or a tuple of {spatial_dims} value(s), but got output_size={output_size}"
         )
-    in_sizes = input.shape[-spatial_dims:]
-    result = []
-    for d, size in enumerate(sizes):
-        if size is None and spatial_dims == 2:
-            result.append(in_sizes[d])
-        elif size is None:
-            raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
-        else:
-            result.append(_pool_int(size, "output_size", op))
-    return result
+    return sizes
 
 
 def _adaptive_pool(spatial_dims, op, input, output_size, max_pool, return_indices):
+    is_tensor = isinstance(input, torch.Tensor)
+    if spatial_dims == 2 and is_tensor and isinstance(output_size, (tuple, list)) and input.dim() <= len(output_size):
+        # torch.nn.functional's own check (a ValueError), made before the op sees the input.
+        raise ValueError(f"{op}(): input dimension should be at least {len(output_size) + 1}, but got input of "
+                         f"size {list(input.shape)}")
+    if not max_pool and spatial_dims == 2 and is_tensor and input.dim() not in (3, 4):
+        # torch averages to 1 x 1 with a plain mean over the last two dims, whatever the rank.
+        if _adaptive_output_size(op, input, output_size, spatial_dims) == [1, 1]:
+            return input.mean((-1, -2), keepdim=True)
+    if not is_tensor:
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+    size = _adaptive_output_size(op, input, output_size, spatial_dims)  # types before the input's rank
     _check_pool_input(op, input, spatial_dims)
-    size = _adaptive_output_size(op, input, output_size, spatial_dims)
+    if not max_pool and size == [1] * spatial_dims and 0 in input.shape[-spatial_dims:]:
+        # ... and so of an empty plane, whose mean is NaN (the kernels reject empty planes).
+        return _from_2d(_as_2d(input, spatial_dims).mean((-1, -2), keepdim=True), spatial_dims)
     if spatial_dims == 1:
         size = [1] + size
     x = _as_2d(input, spatial_dims)
