@@ -26,14 +26,14 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
   if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
   if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
-  constexpr int64_t kEnoughPixels = 128;
+  // batch * h * w >= 128, in floating point: the product of int64 sizes can overflow for huge outputs.
+  const auto enough = [&](int64_t h, int64_t w) { return static_cast<double>(g.batch) * h * w >= 128.0; };
   switch (pass) {
     case ConvPass::Forward:
     case ConvPass::BackwardWeight:
-      return g.batch * g.out_h * g.out_w >= kEnoughPixels ? ConvAlgo::Direct : ConvAlgo::Im2col;
+      return enough(g.out_h, g.out_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
     case ConvPass::BackwardInput:
-      return g.stride_h == 1 && g.stride_w == 1 && g.batch * g.in_h * g.in_w >= kEnoughPixels ? ConvAlgo::Direct
-                                                                                              : ConvAlgo::Im2col;
+      return g.stride_h == 1 && g.stride_w == 1 && enough(g.in_h, g.in_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
   }
   return ConvAlgo::Im2col;
 }
