@@ -85,10 +85,14 @@ def _extension():
     cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=fast"]  # torch picks the C++ standard its headers need
     define_macros = [("Py_LIMITED_API", "0x030A0000")]
     include_dirs = [os.path.join(ROOT, "csrc")]
+    # Link the shared libstdc++ that torch itself uses, even where the compiler is set up to link it
+    # statically (-static-libstdc++): a second copy of the C++ runtime inside the extension keeps its own
+    # locale tables, and then formatting a number into an error message prints garbage or crashes.
+    link_args = ["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
     if not use_cuda:
         return CppExtension(
             "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags}, py_limited_api=True,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_args, py_limited_api=True,
         )
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     toolkit_include = os.path.join(cuda_home, "include")
@@ -98,7 +102,7 @@ def _extension():
     return CUDAExtension(
         "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-        py_limited_api=True,
+        extra_link_args=link_args, py_limited_api=True,
     )
 
 

@@ -22,9 +22,14 @@ def build_info():
     return {"cuda": fields.get("cuda") == "1", "cuda_archs": CUDA_ARCHS, "cpu_isa": fields.get("cpu_isa", "")}
 
 
+# Read once: a build does not change while it is loaded, and torch.compile cannot trace an operator that
+# returns a string, so the per-call check below must only read a Python constant.
+HAS_CUDA_KERNELS = build_info()["cuda"]
+
+
 def check_device_supported(op, tensor):
     """A CUDA tensor on a build without CUDA kernels gets one clear sentence, not a dispatcher trace."""
-    if tensor.device.type == "cuda" and not build_info()["cuda"]:
+    if tensor.device.type == "cuda" and not HAS_CUDA_KERNELS:
         raise RuntimeError(
             f"fastconv.{op}: this build of fastconv has no CUDA kernels (it was compiled without nvcc or with "
             f"FASTCONV_CUDA=0); {_REBUILD} on a machine with the CUDA toolkit, with FASTCONV_CUDA=1."

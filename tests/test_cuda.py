@@ -709,3 +709,30 @@ def test_cuda_graph_captures_forward_and_backward(algo):
     assert_close_scaled(static_loss.detach(), loss.detach(), 1e-5)
     for got, want in zip(captured, expected):
         assert_close_scaled(got, want, 1e-5)
+
+
+@needs_gpu
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_torchvision_model_on_cuda_matches_unconverted_in_float64(arch):
+    """A whole converted network on the GPU: the same eval outputs and train-mode gradients as torch's
+    layers in float64, where rounding cannot hide a wrong kernel."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=10).double().to(DEVICE)
+    converted = fastconv.convert(model)
+    x = randn(2, 3, 64, 64)
+    for m in (model, converted):
+        m.eval()
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), 1e-10)
+    grads = []
+    for m in (model, converted):
+        m.train()
+        torch.manual_seed(7)  # the same dropout mask on both sides
+        m(x).logsumexp(1).sum().backward()
+        grads.append({name: p.grad for name, p in m.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, want in grads[0].items():
+        got = grads[1][name]
+        err = (got - want).abs().max().item()
+        assert err <= 1e-9 * (want.abs().max().item() + 1), f"grad of {name}: max error {err:.3g}"

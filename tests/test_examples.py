@@ -48,6 +48,7 @@ def examples_on_path(monkeypatch):
 
 
 def test_mnist1d_quick_fastconv_and_torch_side_by_side(tmp_path):
+    pytest.importorskip("mnist1d", reason="the mnist1d package (requirements-dev.txt) generates this dataset")
     out = run_script("train_mnist1d.py", "--quick", "--out", str(tmp_path))
     accuracy = {name: float(acc) for name, acc in re.findall(r"^(fastconv|torch\.nn)\s+([\d.]+)%", out, re.M)}
     assert set(accuracy) == {"fastconv", "torch.nn"}, out

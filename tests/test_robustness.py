@@ -768,3 +768,16 @@ def test_device_mismatch_names_the_tensors():
         FC.conv2d(x, W)
     with pytest.raises(RuntimeError, match=r"bias is on cpu.*input is on cuda"):
         FC.conv2d(x, W.cuda(), torch.randn(4))
+
+
+def test_error_messages_print_numbers_in_a_fresh_process():
+    """Numbers in the C++ error messages go through the C++ runtime's locale tables. An extension that
+    carries its own copy of libstdc++ (a compiler set up with -static-libstdc++) prints garbage there
+    or crashes, so this runs in a subprocess and checks the exit status and the printed values."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    code = ("import torch, fastconv.functional as FC\n"
+            "FC.conv2d(torch.randn(1, 6, 5, 5), torch.randn(4, 6, 3, 3), padding=-1)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, f"exit status {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "negative padding is not supported (padding=[-1, -1])" in proc.stderr, proc.stderr[-3000:]
