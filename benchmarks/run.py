@@ -26,7 +26,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks import cases, machine, report  # noqa: E402
-from benchmarks.timing import PLANS, make_clock, time_interleaved  # noqa: E402
+from benchmarks.timing import make_clock, plan_for, time_interleaved  # noqa: E402
 
 DEFAULT_TRAIN_BATCH = 8
 
@@ -308,7 +308,7 @@ def main(argv=None):
     rates = reference_rates(device, args)
     print(f"peak: {rates['peak_detail']}: {rates['peak_gflops']}", flush=True)
     monitor = machine.LoadMonitor().start()
-    plan = PLANS[mode]
+    plan = plan_for(mode, device)
     wanted_precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
     records = []
     for group, specs in selection:

@@ -8,6 +8,7 @@ of the sides rotates every round so that drift in the machine's speed (other pro
 changes) lands on all of them alike. The result per side is the median over rounds of the per-call
 time.
 """
+import dataclasses
 import gc
 import statistics
 import time
@@ -35,6 +36,15 @@ PLANS = {
     "quick": TimingPlan(sample_s=0.02, rounds=5, min_rounds=3, case_budget_s=3.0, max_call_s=10.0),
     "full": TimingPlan(sample_s=0.05, rounds=11, min_rounds=5, case_budget_s=20.0, max_call_s=30.0),
 }
+
+
+def plan_for(mode, device):
+    """The sampling plan of a mode on a device. GPU calls take microseconds and every layer runs in
+    three precisions, so GPU samples are shorter: a sample still holds hundreds of calls."""
+    plan = PLANS[mode]
+    if device.type == "cuda" and mode != "smoke":
+        plan = dataclasses.replace(plan, sample_s=plan.sample_s / 2)
+    return plan
 
 
 def make_clock(device):
