@@ -20,7 +20,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -122,12 +122,18 @@ def _assert_same_behaviour(ours, theirs, kwargs, leaves, seed):
         assert got[1].dtype == want[1].dtype and torch.equal(got[1], want[1]), "indices differ"
         got, want = got[0], want[0]
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
-    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(got, want, equal_nan=True, **TOL)  # e.g. the mean of an empty plane
     gen = torch.Generator(device=want.device).manual_seed(seed)
     grad_out = torch.randn(want.shape, dtype=want.dtype, device=want.device, generator=gen)
-    for g, w, leaf in zip(_grads(got, leaves, grad_out), _grads(want, leaves, grad_out), leaves):
+    try:
+        want_grads = _grads(want, leaves, grad_out)
+    except RuntimeError as exc:  # torch's backward refuses some empty outputs: fastconv's must too
+        with pytest.raises(type(exc)):
+            _grads(got, leaves, grad_out)
+        return
+    for g, w, leaf in zip(_grads(got, leaves, grad_out), want_grads, leaves):
         assert g.shape == leaf.shape
-        torch.testing.assert_close(g, w, **TOL)
+        torch.testing.assert_close(g, w, equal_nan=True, **TOL)
 
 
 def _randn(shape, seed, device, requires_grad=True):
@@ -254,9 +260,25 @@ def pool_calls(draw, device):
     return name, kwargs, [x], seed
 
 
+def _torch_window_outside_input(name, kwargs):
+    """Dilation can put every tap of a max-pooling window outside the input. torch then reports an
+    index past the plane and its backward adds that window's gradient into the next plane (or past the
+    tensor), so such a call has no reference gradient to compare with (test_pool.py covers it)."""
+    if not name.startswith("max_pool"):
+        return False
+    x = kwargs["input"]
+    try:
+        _, idx = getattr(F, name)(**{**kwargs, "input": x.detach(), "return_indices": True})
+        plane = x.shape[-1] * (x.shape[-2] if name.endswith("2d") else 1)
+    except Exception:  # noqa: BLE001 - an invalid call is compared as usual
+        return False
+    return bool((idx >= plane).any())
+
+
 @pytest.mark.parametrize("device", _devices())
 @SETTINGS
 @given(data=st.data())
 def test_pool_matches_torch(device, data):
     name, kwargs, leaves, seed = data.draw(pool_calls(device))
+    assume(not _torch_window_outside_input(name, kwargs))
     _assert_same_behaviour(getattr(FC, name), getattr(F, name), kwargs, leaves, seed)
