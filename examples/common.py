@@ -46,12 +46,16 @@ def base_parser(name, description):
     parser.add_argument("--algo", default="auto", choices=fastconv.functional.CONV_ALGOS,
                         help="fastconv convolution algorithm")
     parser.add_argument("--device", default=default_device())
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: torch's choice); on a busy machine fewer threads wait less")
     parser.add_argument("--out", default=os.path.join("out", name), help="folder for pictures and checkpoints")
     return parser
 
 
 def fill_budget(args, quick, full):
     """Options left unset on the command line take the --quick or the default budget's value."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = quick if args.quick else full
     for key, value in budget.items():
         if getattr(args, key, None) is None:
@@ -109,25 +113,18 @@ def evaluate(model, loader, device):
     return loss_sum / count, 100.0 * correct / count
 
 
-def train(model, train_loader, test_loader, epochs, lr, device, desc, params=None, weight_decay=1e-4,
-          frozen=()):
+def train(model, train_loader, test_loader, epochs, lr, device, desc, weight_decay=1e-4):
     """AdamW with a one-cycle learning rate; a tqdm bar shows loss and accuracy as it goes.
 
-    ``params``: what to optimise (default: every parameter that requires grad), e.g. only a new head.
-    ``frozen``: submodules kept in eval mode, so a frozen feature extractor's batch-norm statistics
-    stay as they were. Returns a history with per-epoch train/test loss and accuracy and the training
-    time in seconds.
+    Returns a history with per-epoch train/test loss and accuracy and the training time in seconds.
     """
-    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
     history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": [], "seconds": 0.0}
     bar = tqdm(total=epochs * len(train_loader), desc=desc, unit="batch", leave=True, dynamic_ncols=True)
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
-        for module in frozen:
-            module.eval()
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_loader:
             x, y = x.to(device), y.to(device)
@@ -268,9 +265,11 @@ def plot_feature_maps(x, maps, path, title, max_channels=8):
             ax.imshow(fmap.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
             ax.set_title(f"{name}: {fmap.shape[0]} channels x {fmap.shape[1]} positions", fontsize=8)
             ax.set_yticks([])
-        else:
-            for col in range(min(cols, fmap.shape[0])):
-                axes[row, col].imshow(fmap[col].numpy(), cmap="viridis", interpolation="nearest")
+        else:  # one colour scale per depth, so that 1x1 maps of deep layers still show their values
+            shown = fmap[:cols]
+            low, high = shown.min().item(), shown.max().item()
+            for col in range(len(shown)):
+                axes[row, col].imshow(shown[col].numpy(), cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
             axes[row, 0].set_title(f"{name} {tuple(fmap.shape)}", fontsize=7, loc="left")
     fig.suptitle(title)
     _save(fig, path)

@@ -55,13 +55,16 @@ def main(argv=None):
     parser = base_parser("mnist1d", __doc__.split("\n\n")[0])
     parser.add_argument("--dtype", default="float64", choices=list(DTYPES))
     parser.add_argument("--layers", default="both", choices=["both", *LAYER_SETS])
+    # One thread by default: the layers are small (batch 100, at most 64 channels of 40 samples), so a
+    # second thread gains little, and on a shared machine threads waiting on each other cost a lot.
+    parser.set_defaults(threads=1)
     args = fill_budget(parser.parse_args(argv), quick=dict(epochs=2, batch_size=100, lr=1e-2),
                        full=dict(epochs=50, batch_size=100, lr=1e-2))
     dtype = DTYPES[args.dtype]
     x_train, y_train, x_test, y_test = load_mnist1d(dtype)
     print(f"MNIST-1D: {len(x_train)} training and {len(x_test)} test signals of length {x_train.shape[-1]}; "
           f"{args.epochs} epochs, batch {args.batch_size}, {args.dtype}, {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} CPU thread(s)")
 
     names = list(LAYER_SETS) if args.layers == "both" else [args.layers]
     models, histories = {}, {}

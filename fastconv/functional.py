@@ -13,7 +13,7 @@ from . import _ops  # noqa: F401  (registers fake kernels and autograd)
 from ._loader import check_device_supported
 
 __all__ = [
-    "conv1d", "conv2d", "choose_conv_algo",
+    "conv1d", "conv2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "CONV_ALGOS",
@@ -83,19 +83,6 @@ def _conv_param(value, name, spatial_dims):
             f"convolution dimensions, but got {name}={values}"
         )
     return [int(v) for v in values]
-
-
-def choose_conv_algo(in_channels, out_channels, kernel_size, groups):
-    """The rule behind algo="auto".
-
-    Depthwise and narrow grouped convolutions (at most 8 input channels per group) go to ``direct``:
-    their per-group matrix products are too thin for GEMM to pay for the column buffer. Everything
-    else goes to ``im2col``, whose matrix product does the heavy lifting for dense layers.
-    """
-    del out_channels, kernel_size
-    if groups > 1 and in_channels // groups <= 8:
-        return "direct"
-    return "im2col"
 
 
 def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, groups, algo):

@@ -80,7 +80,7 @@ step fastconv_info 60 "$PY" -m fastconv
 
 # --- CUDA tests -------------------------------------------------------------------------------------
 if has_module pytest; then
-  step cuda_tests 240 env FASTCONV_SLOW=1 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=10 \
+  step cuda_tests 240 env FASTCONV_SLOW=1 FASTCONV_REQUIRE_CUDA=1 "$PY" -m pytest -q -rs -p no:cacheprovider --durations=10 \
     --junitxml="$OUT/cuda_tests.xml" tests/test_cuda.py
 else
   note cuda_tests "FAIL (pytest is not installed)"

@@ -39,7 +39,12 @@ def assert_pictures(folder):
 
 @pytest.fixture
 def examples_on_path(monkeypatch):
+    """The example modules importable in this process, run on one thread (as run_script does)."""
     monkeypatch.syspath_prepend(EXAMPLES)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_mnist1d_quick_fastconv_and_torch_side_by_side(tmp_path):

@@ -563,10 +563,8 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef out
   return out;
 }
 
-// The output size of an adaptive pooling backward call is the size of grad_output. Like torch, the
-// backward refuses an empty grad_output unless only its first dim is empty (a forward call with an
-// output size of 0 succeeds; its backward raises), except for a global average (1 x 1), which torch
-// differentiates as a mean.
+// The output size of an adaptive pooling backward call is the size of grad_output. An empty output
+// (output size 0) has a zero input gradient; torch's own backward raises there instead.
 PoolGeometry adaptive_backward_geometry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
                                         bool max_pool) {
   TORCH_CHECK(grad_output.dim() == input.dim(), op, ": expected grad_output with as many dims as input (",
@@ -574,9 +572,6 @@ PoolGeometry adaptive_backward_geometry(const char* op, const at::Tensor& grad_o
   const int64_t dims = grad_output.dim();
   if (!max_pool && dims >= 2 && is_global_average({grad_output.size(dims - 2), grad_output.size(dims - 1)}))
     return check_global_avg_pool2d(op, input);
-  for (int64_t d = 1; d < dims; ++d)
-    TORCH_CHECK(grad_output.size(d) > 0, op, ": expected grad_output to have non-zero size for non-batch "
-                "dimensions (as torch requires), but got grad_output of size ", to_str(grad_output.sizes()));
   return check_adaptive_pool2d(op, input, {grad_output.size(dims - 2), grad_output.size(dims - 1)}, max_pool);
 }
 
