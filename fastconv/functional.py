@@ -151,50 +151,35 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # Pooling
 # ----------------------------------------------------------------------------------------------
 # The compiled pooling ops work on the last two dims of a (C, H, W) or (N, C, H, W) tensor; 1-D
-# pooling runs as 2-D pooling over a height of 1. Checks that only the Python API can make (argument
-# types, list lengths, 1-D wording, the input's rank) happen here, with torch's exception classes.
+# pooling runs as 2-D pooling over a height of 1. Checks that only the Python API can make happen
+# here, in torch's order and with torch's exception classes: first the type of every argument
+# (TypeError, as torch's argument parser raises), then list lengths and the input's rank, then values
+# (the compiled ops check the rest with the same rules for every device).
 
 
-def _pool_int(value, name, op, allow_bool=False):
-    """One integer argument; like torch, floats, strings and bools are a TypeError (except bools after
-    the first entry of a list, which torch's parser unpacks as ints)."""
-    if isinstance(value, bool) and allow_bool:
+def _pool_int(value, name, op):
+    """One integer; like torch, floats, strings, None and bools are a TypeError."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+
+
+def _seq_int(index, value, name, op):
+    """Entry `index` of an int sequence. torch's argument parser type-checks the first entry strictly
+    but converts the others like Python ints, so a bool is refused only in first place."""
+    if index > 0 and isinstance(value, bool):
         return int(value)
-    if isinstance(value, bool):
-        raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}"
-        ) from None
+    return _pool_int(value, name, op)
 
 
-def _pool_param(value, name, op, spatial_dims, default=None):
-    """An int or a sequence of 1 or spatial_dims ints, as a list; None or () gives `default` (stride)."""
-    if value is None or (isinstance(value, (tuple, list)) and len(value) == 0 and default is not None):
-        if default is None:
-            raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not NoneType")
-        return list(default)
-    if not isinstance(value, (tuple, list, torch.Size)):
-        return [_pool_int(value, name, op)] * spatial_dims
-    values = [_pool_int(v, name, op, allow_bool=i > 0) for i, v in enumerate(value)]
-    if len(values) == 1:
-        return values * spatial_dims
-    if len(values) != spatial_dims:
-        expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
-        raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
-    return values
-
-
-def _check_pool_types(op, **params):
-    """TypeError for a wrongly typed argument before any length or value is looked at (torch's argument
-    parser matches every argument's type first). stride may be None (its default)."""
-    for name, value in params.items():
-        if value is None and name == "stride":
-            continue
-        for i, v in enumerate(value if isinstance(value, (tuple, list, torch.Size)) else (value,)):
-            _pool_int(v, name, op, allow_bool=i > 0)
+def _pool_ints(value, name, op):
+    """An int or a sequence of ints, as a list (lengths are checked later, as torch does)."""
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_seq_int(i, v, name, op) for i, v in enumerate(value)]
+    return [_pool_int(value, name, op)]
 
 
 def _pool_flag(value, name, op):
@@ -203,10 +188,23 @@ def _pool_flag(value, name, op):
     return value
 
 
-def _check_pool_input(op, input, spatial_dims, index_error_below=False):
-    """The input must be a tensor of spatial_dims + 1 (unbatched) or spatial_dims + 2 (batched) dims."""
+def _per_dim(values, name, op, spatial_dims):
+    """1 or spatial_dims values, as spatial_dims values."""
+    if len(values) == 1:
+        return values * spatial_dims
+    if len(values) != spatial_dims:
+        expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
+        raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
+    return values
+
+
+def _check_tensor(op, input):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+
+
+def _check_pool_input(op, input, spatial_dims, index_error_below=False):
+    """The input must have spatial_dims + 1 (unbatched) or spatial_dims + 2 (batched) dims."""
     ok = (spatial_dims + 1, spatial_dims + 2)
     if input.dim() not in ok:
         message = (
@@ -242,15 +240,29 @@ def _from_2d(t, spatial_dims):
     return t.squeeze(-2) if spatial_dims == 1 else t
 
 
+def _window_args(op, spatial_dims, kernel_size, stride, padding, dilation):
+    """Types first (all arguments), then lengths; stride None or () means the kernel size."""
+    kernel = _pool_ints(kernel_size, "kernel_size", op)
+    stride = None if stride is None else _pool_ints(stride, "stride", op)
+    padding = _pool_ints(padding, "padding", op)
+    dilation = _pool_ints(dilation, "dilation", op)
+    return kernel, stride, padding, dilation
+
+
+def _window_lengths(op, spatial_dims, kernel, stride, padding, dilation):
+    kernel = _per_dim(kernel, "kernel_size", op, spatial_dims)
+    stride = kernel if not stride else _per_dim(stride, "stride", op, spatial_dims)
+    padding = _per_dim(padding, "padding", op, spatial_dims)
+    dilation = _per_dim(dilation, "dilation", op, spatial_dims)
+    return kernel, stride, padding, dilation
+
+
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
-    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
-    kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
-    stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
-    padding = _pool_param(padding, "padding", op, spatial_dims)
-    dilation = _pool_param(dilation, "dilation", op, spatial_dims)
+    _check_tensor(op, input)
+    kernel, stride, padding, dilation = _window_args(op, spatial_dims, kernel_size, stride, padding, dilation)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
     _check_pool_input(op, input, spatial_dims)
+    kernel, stride, padding, dilation = _window_lengths(op, spatial_dims, kernel, stride, padding, dilation)
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
@@ -270,19 +282,20 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
-    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding)
-    kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
-    stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
-    padding = _pool_param(padding, "padding", op, spatial_dims)
+    _check_tensor(op, input)
+    kernel, stride, padding, _ = _window_args(op, spatial_dims, kernel_size, stride, padding, 1)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
     count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
     if divisor_override is not None:
         divisor_override = _pool_int(divisor_override, "divisor_override", op)
-    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    if spatial_dims == 1:
+        _check_pool_input(op, input, spatial_dims)
+    kernel, stride, padding, _ = _window_lengths(op, spatial_dims, kernel, stride, padding, [1])
     if divisor_override == 0:
         raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
-    if spatial_dims == 1:
+    if spatial_dims == 2:
+        _check_pool_input(op, input, spatial_dims, index_error_below=True)
+    else:
         _check_window_1d(op, kernel, stride, padding, [1])
         kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
     out = _ops_ns.avg_pool2d(
@@ -304,17 +317,28 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 
 def _adaptive_output_size(op, input, output_size, spatial_dims):
-    """output_size as a list of ints. In 2-D a None entry keeps the input's size along that dim; 1-D
-    takes ints only (torch's rules). Entry types are checked before the length, as torch does."""
+    """output_size as a list of ints, by torch's rules: in 2-D an int, or a sequence whose None entries
+    keep the input's size along that dim (the input needs more dims than the sequence has entries,
+    else ValueError); in 1-D an int or a sequence of one int, None not allowed. Types are checked
+    before the length."""
     if output_size is None:
         raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
+    if spatial_dims == 2 and not isinstance(output_size, (int, torch.SymInt, tuple, list, torch.Size)):
+        raise TypeError(
+            f"{op}(): argument 'output_size' must be an int or a tuple of ints, not {type(output_size).__name__}"
+        )
     if not isinstance(output_size, (tuple, list, torch.Size)):
         return [_pool_int(output_size, "output_size", op)] * spatial_dims
     sizes = list(output_size)
-    if spatial_dims == 2 and sizes:
-        # torch.nn.functional fills None entries from the input's trailing sizes first.
-        sizes = [d if v is None else v for v, d in zip(sizes, input.shape[-len(sizes):])]
-    sizes = [_pool_int(v, "output_size", op, allow_bool=i > 0) for i, v in enumerate(sizes)]
+    if spatial_dims == 2:
+        if input.dim() <= len(sizes):
+            raise ValueError(
+                f"{op}(): input dimension should be at least {len(sizes) + 1} for output_size={output_size}, but "
+                f"got input of size {list(input.shape)}"
+            )
+        trailing = input.shape[input.dim() - len(sizes):]
+        sizes = [trailing[d] if size is None else size for d, size in enumerate(sizes)]
+    sizes = [size if isinstance(size, torch.SymInt) else _seq_int(i, size, "output_size", op) for i, size in enumerate(sizes)]
     if len(sizes) != spatial_dims:
         raise RuntimeError(
             f"{op}(): output_size must be an int or a tuple of {spatial_dims} value(s), but got output_size={output_size}"
@@ -323,24 +347,20 @@ def _adaptive_output_size(op, input, output_size, spatial_dims):
 
 
 def _adaptive_pool(spatial_dims, op, input, output_size, max_pool, return_indices):
-    is_tensor = isinstance(input, torch.Tensor)
-    if spatial_dims == 2 and is_tensor and isinstance(output_size, (tuple, list)) and input.dim() <= len(output_size):
-        # torch.nn.functional's own check (a ValueError), made before the op sees the input.
-        raise ValueError(f"{op}(): input dimension should be at least {len(output_size) + 1}, but got input of "
-                         f"size {list(input.shape)}")
-    if not max_pool and spatial_dims == 2 and is_tensor and input.dim() not in (3, 4):
-        # torch averages to 1 x 1 with a plain mean over the last two dims, whatever the rank.
-        if _adaptive_output_size(op, input, output_size, spatial_dims) == [1, 1]:
-            return input.mean((-1, -2), keepdim=True)
-    if not is_tensor:
-        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
-    size = _adaptive_output_size(op, input, output_size, spatial_dims)  # types before the input's rank
-    _check_pool_input(op, input, spatial_dims)
-    if not max_pool and size == [1] * spatial_dims and 0 in input.shape[-spatial_dims:]:
-        # ... and so of an empty plane, whose mean is NaN (the kernels reject empty planes).
-        return _from_2d(_as_2d(input, spatial_dims).mean((-1, -2), keepdim=True), spatial_dims)
+    _check_tensor(op, input)
+    if spatial_dims == 1:
+        _pool_ints(output_size, "output_size", op)  # types before the rank, as torch's parser does
+        _check_pool_input(op, input, spatial_dims)
+    size = _adaptive_output_size(op, input, output_size, spatial_dims)
     if spatial_dims == 1:
         size = [1] + size
+    if not max_pool and size == [1, 1]:
+        # torch averages to 1 x 1 as a mean over the last two dims: any input of 2 or more dims will do
+        if input.dim() < 2:
+            raise IndexError(f"{op}(): expected an input of at least 2 dims, but got input of size {list(input.shape)}")
+        check_device_supported(op, input)
+    elif spatial_dims == 2:
+        _check_pool_input(op, input, spatial_dims)
     x = _as_2d(input, spatial_dims)
     if max_pool:
         out, indices = _ops_ns.adaptive_max_pool2d(x, size)

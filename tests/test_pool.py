@@ -357,9 +357,11 @@ def test_adaptive_empty_output(name):
     for out_size in [(0, 3), 0]:
         out = _call(name, FC, x, dict(output_size=out_size))
         assert out.shape == _call(name, F, x.detach(), dict(output_size=out_size)).shape
-        out.sum().backward()
-        assert torch.equal(x.grad, torch.zeros_like(x))
-        x.grad = None
+        # An empty output has a zero gradient (torch's own backward raises here).
+        assert torch.equal(torch.autograd.grad(out, x, torch.ones_like(out))[0], torch.zeros_like(x))
+    x0 = torch.randn(0, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    out = _call(name, FC, x0, dict(output_size=2))
+    assert torch.autograd.grad(out, x0, torch.ones_like(out))[0].shape == x0.shape
     # An empty channel dim: adaptive average pooling allows it, as torch does.
     empty_c = torch.randn(2, 0, 5, 5)
     if name == "adaptive_avg_pool2d":
@@ -508,6 +510,17 @@ BAD_CALLS = [
     ("adaptive_avg_pool1d", (torch.randn(8), 2)), ("adaptive_avg_pool1d", (torch.randn(2, 3, 0), 2)),
     ("adaptive_max_pool1d", (X3, -1)), ("adaptive_max_pool1d", (X3, None)), ("adaptive_max_pool1d", (X4, 2)),
     ("adaptive_max_pool1d", (torch.randn(2, 0, 8), 2)),
+    # torch checks every argument's type before any length or rank (TypeError first) ...
+    ("avg_pool2d", (torch.randn(3, 8), (1, 2, 3), 2.0)), ("max_pool2d", (torch.randn(3, 8), 2.0)),
+    ("max_pool2d", (X4, (2, 2, 2), 2.0)), ("adaptive_avg_pool1d", (X4, (2.0,))),
+    # ... then lengths before avg_pool2d's rank (IndexError) ...
+    ("avg_pool2d", (torch.randn(3, 8), (1, 2, 3))), ("avg_pool2d", (torch.randn(3, 8), 2, 2, 0, False, True, 0)),
+    # ... a bool is refused as an int only in first place of a sequence ...
+    ("max_pool2d", (X4, (True, 2))), ("max_pool2d", (X4, [True])), ("adaptive_max_pool2d", (X4, (True, 2))),
+    # ... and adaptive 2-D output sizes given as a sequence need a longer input (ValueError).
+    ("adaptive_avg_pool2d", (torch.randn(3, 8), (1, 1))), ("adaptive_max_pool2d", (X4, (2, 2, 2, 2))),
+    ("adaptive_avg_pool2d", (X4, (2, 2, 2))), ("adaptive_avg_pool2d", (torch.randn(8), 1)),
+    ("adaptive_avg_pool2d", (X4, 2.5)), ("adaptive_max_pool2d", (torch.randn(3, 8), 1)),
 ]
 
 
@@ -519,6 +532,32 @@ def test_bad_input_raises_like_torch(name, args):
         getattr(FC, name)(*args)
     assert type(ours.value) is type(theirs.value), (ours.value, theirs.value)
     assert str(ours.value)
+
+
+def test_torch_quirks_that_are_not_errors():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    # A bool after the first entry of a sequence counts as an int.
+    assert torch.equal(FC.max_pool2d(x, (2, True)), F.max_pool2d(x, (2, True)))
+    torch.testing.assert_close(FC.avg_pool2d(x, 2, 2, (0, True)), F.avg_pool2d(x, 2, 2, (0, True)))
+    torch.testing.assert_close(FC.adaptive_avg_pool2d(x, (3, True)), F.adaptive_avg_pool2d(x, (3, True)))
+    # None entries keep the input's size, also in an output_size with more than 2 entries... which then
+    # fails the length check, as in torch.
+    with pytest.raises(RuntimeError):
+        FC.adaptive_avg_pool2d(x, (None, None, None))
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 3, 4, 5, 6), (2, 0, 5, 5), (2, 3, 0, 4), (0, 0, 0, 0), (3, 4, 0)])
+def test_global_average_accepts_what_torch_mean_accepts(shape):
+    # torch computes an adaptive average to 1 x 1 as a mean over the last two dims: any rank >= 2,
+    # empty dims included (an empty plane averages to NaN), and a plain mean's gradient.
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    ours, theirs = FC.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+    grad_out = torch.randn_like(theirs)
+    torch.testing.assert_close(_grads(ours, x, grad_out), _grads(theirs, x, grad_out))
+    x1 = torch.randn(shape[-2:], dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(FC.adaptive_avg_pool1d(x1, 1), F.adaptive_avg_pool1d(x1, 1), equal_nan=True)
 
 
 def test_error_messages_name_the_argument():

@@ -313,6 +313,22 @@ inline PoolGeometry check_adaptive_pool2d(const char* op, const at::Tensor& inpu
   return g;
 }
 
+// An adaptive average pooling to a 1 x 1 output, which torch computes as a mean over the last two
+// dims: any input of two or more dims is accepted, empty dims included (an empty plane averages to
+// NaN), and its backward checks nothing more.
+inline bool is_global_average(c10::IntArrayRef output_size) {
+  return output_size.size() == 2 && output_size[0] == 1 && output_size[1] == 1;
+}
+
+inline PoolGeometry check_global_avg_pool2d(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.defined(), op, ": input must be a defined tensor");
+  TORCH_CHECK_INDEX(input.dim() >= 2, op, ": expected an input of at least 2 dims for a 1 x 1 output, but got input "
+                    "of size ", to_str(input.sizes()));
+  PoolGeometry g = pool_planes_of(input);
+  g.out_h = g.out_w = 1;
+  return g;
+}
+
 inline std::vector<int64_t> pool_output_sizes(const at::Tensor& input, const PoolGeometry& g) {
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());
   sizes[sizes.size() - 2] = g.out_h;

@@ -550,7 +550,9 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
 }
 
 at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef output_size) {
-  const PoolGeometry g = check_adaptive_pool2d("adaptive_avg_pool2d", input, output_size, /*max_pool=*/false);
+  const PoolGeometry g = is_global_average(output_size)
+                             ? check_global_avg_pool2d("adaptive_avg_pool2d", input)
+                             : check_adaptive_pool2d("adaptive_avg_pool2d", input, output_size, /*max_pool=*/false);
   check_float_dtype("adaptive_avg_pool2d", input, false);
   at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
   if (out.numel() == 0) return out;
@@ -561,12 +563,15 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef out
   return out;
 }
 
-// The output size of an adaptive pooling backward call is the size of grad_output.
+// The output size of an adaptive pooling backward call is the size of grad_output. An empty output
+// (output size 0) has a zero input gradient; torch's own backward raises there instead.
 PoolGeometry adaptive_backward_geometry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
                                         bool max_pool) {
   TORCH_CHECK(grad_output.dim() == input.dim(), op, ": expected grad_output with as many dims as input (",
               input.dim(), "), but got grad_output of size ", to_str(grad_output.sizes()));
   const int64_t dims = grad_output.dim();
+  if (!max_pool && dims >= 2 && is_global_average({grad_output.size(dims - 2), grad_output.size(dims - 1)}))
+    return check_global_avg_pool2d(op, input);
   return check_adaptive_pool2d(op, input, {grad_output.size(dims - 2), grad_output.size(dims - 1)}, max_pool);
 }
 
