@@ -207,12 +207,18 @@ inline void check_conv_grad_output(const char* op, const ConvGeometry& g, const 
 
 // Output length of a pooling window sliding over `in` (torch's rule). In ceil mode the last window
 // must start inside the input or the left padding; otherwise it is dropped.
+// Computed in 128 bits: kernel, dilation and stride are user-given and may be as large as int64 allows.
 inline int64_t pooling_output_size(int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation,
                                    bool ceil_mode) {
-  const int64_t span = dilation * (kernel - 1) + 1;
-  int64_t out = div_floor(in + 2 * pad - span + (ceil_mode ? stride - 1 : 0), stride) + 1;
-  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
-  return out;
+  using wide = __int128;
+  const wide span = wide(dilation) * (kernel - 1) + 1;
+  const wide num = wide(in) + 2 * wide(pad) - span + (ceil_mode ? wide(stride) - 1 : 0);
+  wide out = num / stride - (num % stride != 0 && num < 0 ? 1 : 0) + 1;  // floor division (stride > 0)
+  if (ceil_mode && (out - 1) * stride >= wide(in) + pad) --out;
+  TORCH_CHECK(out >= wide(std::numeric_limits<int64_t>::min()) && out <= wide(std::numeric_limits<int64_t>::max()),
+              "pooling: the output size overflows 64-bit integers (kernel_size ", kernel, ", dilation ", dilation,
+              ", stride ", stride, ")");
+  return static_cast<int64_t>(out);
 }
 
 // One pooling problem over planes of size in_h x in_w (1-D pooling: in_h == out_h == kernel_h == 1).
