@@ -210,6 +210,14 @@ def _check_pool_types(op, **params):
             _pool_int(v, name, op, allow_bool=i > 0)
 
 
+def _check_int32(op, **params):
+    """torch's pooling ops (all but max_pool1d without indices) take 32-bit ints: larger values are a
+    RuntimeError there."""
+    for name, values in params.items():
+        if any(not -(2**31) <= v < 2**31 for v in values):
+            raise RuntimeError(f"{op}(): {name}={tuple(values)} does not fit in a 32-bit int, as torch's pooling requires")
+
+
 def _pool_flag(value, name, op):
     if not isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
@@ -263,6 +271,8 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     padding = _pool_param(padding, "padding", op, spatial_dims)
     dilation = _pool_param(dilation, "dilation", op, spatial_dims)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    if spatial_dims == 2 or return_indices:  # torch's max_pool1d without indices takes int64
+        _check_int32(op, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation)
     _check_pool_input(op, input, spatial_dims)
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
@@ -292,6 +302,7 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
     if divisor_override is not None:
         divisor_override = _pool_int(divisor_override, "divisor_override", op)
+    _check_int32(op, kernel_size=kernel, stride=stride, padding=padding)
     _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
     if divisor_override == 0:
         raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
