@@ -230,16 +230,20 @@ def pool_calls(draw, device):
     x = _pool_input(draw, dims, seed, device)
     kwargs = dict(input=x)
     if kind in ("max", "avg"):
-        kwargs["kernel_size"] = _int_param(draw, dims, st.integers(1, 4), st.sampled_from([0, -1]))
+        # Huge values: torch's pooling takes 32-bit ints (2**31 is an error), except max_pool1d without
+        # indices, which takes int64 (a huge stride is valid there). Huge kernels and dilations are not
+        # drawn for max_pool1d: torch hangs or crashes on them.
+        huge = [2**31] if kind == "avg" or dims == 2 else []
+        kwargs["kernel_size"] = _int_param(draw, dims, st.integers(1, 4), st.sampled_from([0, -1] + huge))
         if draw(st.integers(0, 2)) == 0:
             kwargs["stride"] = draw(st.sampled_from([None, ()]))  # default: the kernel size
         else:
-            kwargs["stride"] = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1]))
+            kwargs["stride"] = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1, 2**31, 2**63 - 1]))
         # Padding reaches past half the kernel (invalid) now and then.
-        kwargs["padding"] = _int_param(draw, dims, st.integers(0, 2), st.sampled_from([-1, 3]))
+        kwargs["padding"] = _int_param(draw, dims, st.integers(0, 2), st.sampled_from([-1, 3, 2**31]))
         kwargs["ceil_mode"] = draw(st.booleans())
         if kind == "max":
-            kwargs["dilation"] = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1]))
+            kwargs["dilation"] = _int_param(draw, dims, st.integers(1, 3), st.sampled_from([0, -1] + huge))
             kwargs["return_indices"] = draw(st.booleans())
         else:
             kwargs["count_include_pad"] = draw(st.booleans())
