@@ -8,9 +8,10 @@
 #   SANITIZE_DIR=...  where the sanitized copy is built (default: build/sanitize, git-ignored)
 #
 # What it does:
-#   1. Copies setup.py, csrc/, fastconv/ and tests/ into $SANITIZE_DIR/src, so the normal in-place
-#      build (fastconv/_C*.so) is left untouched, and builds the extension there (CPU only) with
-#      -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined.
+#   1. Copies the working tree (what git does not ignore) into $SANITIZE_DIR/src, so the normal
+#      in-place build (fastconv/_C*.so) is left untouched, and builds the extension there (CPU only)
+#      with -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined.
+#      Object files are kept between runs, so a rerun recompiles only what changed.
 #   2. Checks that the built module really links the ASan runtime.
 #   3. Runs pytest in that copy with the compiler's libasan (and libstdc++) LD_PRELOADed (torch and
 #      Python are not ASan-built, so the runtime must be loaded first), leak detection off (the interpreter and torch
@@ -41,11 +42,22 @@ if [[ ! -e "$LIBASAN" ]]; then
 fi
 
 start=$(date +%s)
-echo "== copying the sources to $SRC"
-rm -rf "$SRC" "$OUT"/asan.* "$OUT"/ubsan.*
-mkdir -p "$SRC"
-(cd "$ROOT" && tar --exclude='*.so' --exclude='__pycache__' --exclude='_build_config.py' -cf - \
-  setup.py pyproject.toml csrc fastconv tests) | tar -C "$SRC" -xf -
+echo "== copying the source tree to $SRC"
+rm -rf "$SRC.new" "$OUT"/asan.* "$OUT"/ubsan.*
+mkdir -p "$SRC.new"
+# Every file of the working tree that git does not ignore (tests import benchmarks/ and examples/ too);
+# outside a git checkout, the whole tree less build outputs.
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  (cd "$ROOT" && git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
+     [[ -f "$f" ]] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -C "$SRC.new" -xf -
+else
+  (cd "$ROOT" && tar --exclude=./build --exclude=./.git --exclude=./.venv --exclude='*.so' \
+     --exclude='__pycache__' -cf - .) | tar -C "$SRC.new" -xf -
+fi
+# Keep the previous run's object files: tar kept the sources' times, so only changed files recompile.
+[[ -d "$SRC/build" ]] && mv "$SRC/build" "$SRC.new/build"
+rm -rf "$SRC"
+mv "$SRC.new" "$SRC"
 
 echo "== building with -fsanitize=address,undefined (log: $OUT/build.log)"
 SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -g"
