@@ -183,7 +183,8 @@ struct OutputRange {
 };
 inline OutputRange valid_output_range(int64_t out_size, int64_t in_size, int64_t stride, int64_t pad, int64_t tap) {
   // i >= 0  <=>  o >= ceil((pad - tap) / stride);  i < in  <=>  o <= floor((in - 1 + pad - tap) / stride)
-  int64_t lo = pad - tap > 0 ? (pad - tap + stride - 1) / stride : 0;
+  // (pad - tap - 1) / stride + 1 rounds up without the overflow of pad - tap + stride - 1 (huge strides).
+  int64_t lo = pad - tap > 0 ? (pad - tap - 1) / stride + 1 : 0;
   int64_t hi_num = in_size - 1 + pad - tap;
   int64_t hi = hi_num < 0 ? 0 : hi_num / stride + 1;
   if (hi > out_size) hi = out_size;
