@@ -211,8 +211,7 @@ def _check_pool_types(op, **params):
 
 
 def _check_int32(op, **params):
-    """torch's pooling ops (all but max_pool1d without indices) take 32-bit ints: larger values are a
-    RuntimeError there."""
+    """torch's pooling ops take 32-bit ints (but see _max_pool): larger values are a RuntimeError."""
     for name, values in params.items():
         if any(not -(2**31) <= v < 2**31 for v in values):
             raise RuntimeError(f"{op}(): {name}={tuple(values)} does not fit in a 32-bit int, as torch's pooling requires")
@@ -271,7 +270,10 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     padding = _pool_param(padding, "padding", op, spatial_dims)
     dilation = _pool_param(dilation, "dilation", op, spatial_dims)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
-    if spatial_dims == 2 or return_indices:  # torch's max_pool1d without indices takes int64
+    # torch's max_pool1d takes int64 only on its no-indices path: CPU, no autograd, indices not asked for.
+    int64_path = (spatial_dims == 1 and not return_indices and isinstance(input, torch.Tensor)
+                  and input.device.type == "cpu" and not (input.requires_grad and torch.is_grad_enabled()))
+    if not int64_path:
         _check_int32(op, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation)
     _check_pool_input(op, input, spatial_dims)
     if spatial_dims == 1:
