@@ -21,10 +21,13 @@
 #   4. Fails if pytest fails or if any sanitizer report was written ($SANITIZE_DIR/asan.*, ubsan.*, and
 #      the pytest log $SANITIZE_DIR/pytest.log).
 #
-# Duration on the 2-core development machine (shared, so these vary): a first build takes 4 to 7
-# minutes (240-390 s measured), a rebuild after a small change seconds; the default test suite takes
-# about 17 minutes under the sanitizers (578 tests, 999 s measured), so about 20-25 minutes in all.
-# Pass pytest arguments to run less, e.g.  bash scripts/sanitize_cpu.sh tests/test_conv.py
+# Duration on the 2-core development machine (shared with other work, so these vary): a first build
+# takes 4 to 7 minutes (240-390 s measured), a rebuild seconds to 2 minutes depending on what changed;
+# the default test suite takes 10 to 17 minutes under the sanitizers (582 tests: 629 s on a quiet
+# machine, 999 s on a busy one), so 15 to 25 minutes in all.
+# Pytest arguments replace the default suite, e.g.  bash scripts/sanitize_cpu.sh tests/test_conv.py
+# For the long property-based mode under the sanitizers:
+#   FASTCONV_HYPOTHESIS_EXAMPLES=3000 bash scripts/sanitize_cpu.sh tests/test_properties.py
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,7 +92,7 @@ status=0
   export FASTCONV_SANITIZE=1
   export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
   "$PY" -c "import fastconv, sys; assert fastconv.__file__.startswith('$SRC'), fastconv.__file__"
-  "$PY" -m pytest -q -p no:cacheprovider tests "$@"
+  "$PY" -m pytest -q -p no:cacheprovider "$@"  # no arguments: the default suite (testpaths)
 ) 2>&1 | tee "$OUT/pytest.log" || status=$?
 done_at=$(date +%s)
 
