@@ -305,9 +305,9 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     if divisor_override is not None:
         divisor_override = _pool_int(divisor_override, "divisor_override", op)
     _check_int32(op, kernel_size=kernel, stride=stride, padding=padding)
-    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
-    if divisor_override == 0:
+    if divisor_override == 0:  # before the input's rank, as in torch
         raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
+    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, [1])
         kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
