@@ -87,7 +87,9 @@ status=0
   export LD_PRELOAD="$LIBASAN $LIBSTDCXX${LD_PRELOAD:+ $LD_PRELOAD}"
   # Reports go to files as well as stderr: pytest captures a test's stderr, and a report that aborts
   # the process would otherwise be lost with it.
-  export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1:symbolize=1:log_path=$OUT/asan"
+  # allocator_may_return_null: tests ask for impossible outputs on purpose (huge paddings); torch
+  # then raises its usual out-of-memory error instead of ASan aborting.
+  export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:allocator_may_return_null=1:abort_on_error=1:symbolize=1:log_path=$OUT/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$OUT/ubsan"
   export FASTCONV_SANITIZE=1
   export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
@@ -96,7 +98,8 @@ status=0
 ) 2>&1 | tee "$OUT/pytest.log" || status=$?
 done_at=$(date +%s)
 
-reports=$(ls "$OUT"/asan.* "$OUT"/ubsan.* 2>/dev/null || true)
+# (Files holding only ASan's "failed to allocate" warnings, from allocator_may_return_null, are no finding.)
+reports=$(grep -lE "ERROR: AddressSanitizer|runtime error:|SUMMARY: " "$OUT"/asan.* "$OUT"/ubsan.* 2>/dev/null || true)
 if [[ -n "$reports" ]]; then
   for f in $reports; do echo "---- $f"; head -n 30 "$f"; done
   echo "sanitize_cpu.sh: sanitizer reports: $(echo $reports)" >&2
