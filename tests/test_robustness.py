@@ -368,6 +368,14 @@ def test_int64_limit_parameters(algo):
         x1 = x[0, :, 0]  # unbatched conv1d
         torch.testing.assert_close(FC.conv1d(x1, w[:, :, 0], b, stride=2**63 - 1, padding=2, groups=2, algo=algo),
                                    F.conv1d(x1, w[:, :, 0], b, stride=2**63 - 1, padding=2, groups=2), **TOL64)
+    # A huge dilation with padding='same': the true output is small, the padding 2**40 on each side.
+    x1 = torch.randn(1, 6, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    w1 = torch.randn(16, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    out = FC.conv1d(x1, w1, padding="same", dilation=2**40, groups=2, algo=algo)
+    want = F.conv1d(x1, w1, padding="same", dilation=2**40, groups=2)
+    torch.testing.assert_close(out, want, **TOL64)
+    for a, c in zip(torch.autograd.grad(out.sum(), (x1, w1)), torch.autograd.grad(want.sum(), (x1, w1))):
+        torch.testing.assert_close(a, c, **TOL64)
     for kwargs in (dict(padding=2**62), dict(padding=2**62 - 1), dict(dilation=2**62), dict(dilation=(1, 2**61))):
         with pytest.raises(RuntimeError):
             FC.conv2d(x, w, b, groups=2, algo=algo, **kwargs)
