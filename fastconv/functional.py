@@ -182,6 +182,13 @@ def _pool_ints(value, name, op):
     return [_pool_int(value, name, op)]
 
 
+def _check_int32(op, **params):
+    """torch's pooling ops take 32-bit ints (but see _max_pool): larger values are a RuntimeError."""
+    for name, values in params.items():
+        if any(not -(2**31) <= v < 2**31 for v in values):
+            raise RuntimeError(f"{op}(): {name}={tuple(values)} does not fit in a 32-bit int, as torch's pooling requires")
+
+
 def _pool_flag(value, name, op):
     if not isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
@@ -261,6 +268,11 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     _check_tensor(op, input)
     kernel, stride, padding, dilation = _window_args(op, spatial_dims, kernel_size, stride, padding, dilation)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    # torch's max_pool1d takes int64 only on its no-indices path: CPU, no autograd, indices not asked for.
+    int64_path = (spatial_dims == 1 and not return_indices and isinstance(input, torch.Tensor)
+                  and input.device.type == "cpu" and not (input.requires_grad and torch.is_grad_enabled()))
+    if not int64_path:
+        _check_int32(op, kernel_size=kernel, stride=stride or [], padding=padding, dilation=dilation)
     _check_pool_input(op, input, spatial_dims)
     kernel, stride, padding, dilation = _window_lengths(op, spatial_dims, kernel, stride, padding, dilation)
     if spatial_dims == 1:
@@ -291,6 +303,7 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     if spatial_dims == 1:
         _check_pool_input(op, input, spatial_dims)
     kernel, stride, padding, _ = _window_lengths(op, spatial_dims, kernel, stride, padding, [1])
+    _check_int32(op, kernel_size=kernel, stride=stride, padding=padding)
     if divisor_override == 0:
         raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
     if spatial_dims == 2:

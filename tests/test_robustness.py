@@ -347,6 +347,60 @@ def test_pool_nan_and_inf_like_torch(call):
     torch.testing.assert_close(got, exp, equal_nan=True, **TOL64)
 
 
+@pytest.mark.parametrize("algo", ALGOS + ["auto"])
+def test_int64_limit_parameters(algo):
+    """Strides, paddings and dilations at the int64 limits: the size arithmetic must neither overflow
+    into wrong results or out-of-bounds accesses nor differ from torch."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(24, 2, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(24, dtype=torch.float64, generator=g, requires_grad=True)
+    for stride in (2**63 - 1, (2**62, 1), (1, 2**63 - 2)):
+        for padding in (0, 2, (1, 0)):
+            kwargs = dict(stride=stride, padding=padding, groups=2)
+            want = F.conv2d(x, w, b, **kwargs)
+            out = FC.conv2d(x, w, b, algo=algo, **kwargs)
+            torch.testing.assert_close(out, want, **TOL64)
+            got = torch.autograd.grad(out, (x, w, b), torch.ones_like(out))
+            exp = torch.autograd.grad(want, (x, w, b), torch.ones_like(want))
+            for a, c in zip(got, exp):
+                torch.testing.assert_close(a, c, **TOL64)
+        x1 = x[0, :, 0]  # unbatched conv1d
+        torch.testing.assert_close(FC.conv1d(x1, w[:, :, 0], b, stride=2**63 - 1, padding=2, groups=2, algo=algo),
+                                   F.conv1d(x1, w[:, :, 0], b, stride=2**63 - 1, padding=2, groups=2), **TOL64)
+    # A huge dilation with padding='same': the true output is small, the padding 2**40 on each side.
+    x1 = torch.randn(1, 6, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    w1 = torch.randn(16, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    out = FC.conv1d(x1, w1, padding="same", dilation=2**40, groups=2, algo=algo)
+    want = F.conv1d(x1, w1, padding="same", dilation=2**40, groups=2)
+    torch.testing.assert_close(out, want, **TOL64)
+    for a, c in zip(torch.autograd.grad(out.sum(), (x1, w1)), torch.autograd.grad(want.sum(), (x1, w1))):
+        torch.testing.assert_close(a, c, **TOL64)
+    for kwargs in (dict(padding=2**62), dict(padding=2**62 - 1), dict(dilation=2**62), dict(dilation=(1, 2**61))):
+        with pytest.raises(RuntimeError):
+            FC.conv2d(x, w, b, groups=2, algo=algo, **kwargs)
+    # An empty batch takes any padding torch takes, and gives its (huge, empty) shape.
+    empty = torch.randn(0, 4, 6, 7, dtype=torch.float64)
+    assert FC.conv2d(empty, w, groups=2, padding=2**30, algo=algo).shape == F.conv2d(empty, w, groups=2,
+                                                                                      padding=2**30).shape
+
+
+def test_pool_int64_limit_parameters():
+    """torch's pooling takes 32-bit ints, except max_pool1d on its no-indices path (CPU, no autograd),
+    which takes int64: a stride at the int64 limit works there."""
+    x = torch.randn(2, 3, 9, dtype=torch.float64)
+    for kwargs in (dict(kernel_size=3, stride=2**63 - 1), dict(kernel_size=3, stride=2**63 - 1, padding=1),
+                   dict(kernel_size=4, stride=2**62, padding=2, dilation=2, ceil_mode=True)):
+        torch.testing.assert_close(FC.max_pool1d(x, **kwargs), F.max_pool1d(x, **kwargs))
+        with pytest.raises(RuntimeError, match="32-bit"):
+            FC.max_pool1d(x.requires_grad_(), **kwargs)
+        x.requires_grad_(False)
+    for call in (lambda: FC.max_pool2d(x[None], 3, stride=2**31), lambda: FC.avg_pool1d(x, 3, stride=2**63 - 1),
+                 lambda: FC.max_pool1d(x, 3, stride=2**31, return_indices=True)):
+        with pytest.raises(RuntimeError, match="32-bit"):
+            call()
+
+
 # ----------------------------------------------------------------------------------------------
 # Large tensors (opt-in: FASTCONV_SLOW=1)
 # ----------------------------------------------------------------------------------------------

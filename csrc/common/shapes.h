@@ -183,7 +183,8 @@ struct OutputRange {
 };
 inline OutputRange valid_output_range(int64_t out_size, int64_t in_size, int64_t stride, int64_t pad, int64_t tap) {
   // i >= 0  <=>  o >= ceil((pad - tap) / stride);  i < in  <=>  o <= floor((in - 1 + pad - tap) / stride)
-  int64_t lo = pad - tap > 0 ? (pad - tap + stride - 1) / stride : 0;
+  // (pad - tap - 1) / stride + 1 rounds up without the overflow of pad - tap + stride - 1 (huge strides).
+  int64_t lo = pad - tap > 0 ? (pad - tap - 1) / stride + 1 : 0;
   int64_t hi_num = in_size - 1 + pad - tap;
   int64_t hi = hi_num < 0 ? 0 : hi_num / stride + 1;
   if (hi > out_size) hi = out_size;
@@ -207,12 +208,18 @@ inline void check_conv_grad_output(const char* op, const ConvGeometry& g, const 
 
 // Output length of a pooling window sliding over `in` (torch's rule). In ceil mode the last window
 // must start inside the input or the left padding; otherwise it is dropped.
+// Computed in 128 bits: kernel, dilation and stride are user-given and may be as large as int64 allows.
 inline int64_t pooling_output_size(int64_t in, int64_t kernel, int64_t pad, int64_t stride, int64_t dilation,
                                    bool ceil_mode) {
-  const int64_t span = dilation * (kernel - 1) + 1;
-  int64_t out = div_floor(in + 2 * pad - span + (ceil_mode ? stride - 1 : 0), stride) + 1;
-  if (ceil_mode && (out - 1) * stride >= in + pad) --out;
-  return out;
+  using wide = __int128;
+  const wide span = wide(dilation) * (kernel - 1) + 1;
+  const wide num = wide(in) + 2 * wide(pad) - span + (ceil_mode ? wide(stride) - 1 : 0);
+  wide out = num / stride - (num % stride != 0 && num < 0 ? 1 : 0) + 1;  // floor division (stride > 0)
+  if (ceil_mode && (out - 1) * stride >= wide(in) + pad) --out;
+  TORCH_CHECK(out >= wide(std::numeric_limits<int64_t>::min()) && out <= wide(std::numeric_limits<int64_t>::max()),
+              "pooling: the output size overflows 64-bit integers (kernel_size ", kernel, ", dilation ", dilation,
+              ", stride ", stride, ")");
+  return static_cast<int64_t>(out);
 }
 
 // One pooling problem over planes of size in_h x in_w (1-D pooling: in_h == out_h == kernel_h == 1).

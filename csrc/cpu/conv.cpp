@@ -44,7 +44,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   at::Tensor out;
   if (g.is_empty()) {
-    out = at::empty(g.output_sizes(), input.options());
+    // A view of an empty tensor, as torch returns it: its shape may be too large for at::empty's
+    // stride computation (a huge padding on an empty batch), which a view does not check.
+    out = at::empty({0}, input.options()).view(g.output_sizes());
   } else {
     // The direct kernels choose their own input layout (channels-last input is used as it is).
     out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input.contiguous(), weight_c)

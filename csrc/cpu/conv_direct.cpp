@@ -250,6 +250,11 @@ bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
 }
 
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
+  // The blocked kernel materialises the zero padding; a padding out of proportion with the input (up
+  // to 2**62, which torch accepts) goes to the plane kernels instead, which never do. In doubles: the
+  // padded sizes of a transposed geometry may not fit int64.
+  const double padded_plane = (double(g.in_h) + 2.0 * double(g.pad_h)) * (double(g.in_w) + 2.0 * double(g.pad_w));
+  if (padded_plane > 4.0 * double(g.in_h) * double(g.in_w) + 65536.0) return false;
   // Vectorising over output channels pays once a group has a good fraction of a vector of them.
   const int64_t lanes = element_size == 4 ? 16 : 8;
   return g.out_channels_per_group() >= lanes && g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
