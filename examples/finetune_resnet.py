@@ -5,10 +5,12 @@ ways to reuse it, both run here on the target task after fastconv.convert(resnet
   (a) feature extraction: freeze the network, train only a new linear head on its features;
   (b) fine-tuning: then let everything learn, with a lower learning rate.
 A ResNet-18 trained from scratch on the target task with the same budget as (a) + (b) is the baseline.
+With so few labelled images the result depends on which ones are labelled: the target task is run for
+several draws of them (--draws) and the mean is compared.
 
 Where the starting weights come from (--weights):
   pretrain   (default, offline) pretrain on digits 0-4 of scikit-learn's 8x8 digits, save that
-             checkpoint, then transfer to digits 5-9 with only a few labelled images per class
+             checkpoint, then transfer to digits 5-9 with only two labelled images per class
   imagenet   torchvision's ImageNet weights (ResNet18_Weights.IMAGENET1K_V1; downloaded, needs internet)
   PATH       a local checkpoint: one saved by this example, or a torchvision ResNet-18 state_dict
 
@@ -130,17 +132,20 @@ def main(argv=None):
     parser.add_argument("--pretrain-epochs", type=int, default=None)
     parser.add_argument("--head-epochs", type=int, default=None, help="(a) feature-extraction epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="(b) fine-tuning epochs")
-    parser.add_argument("--finetune-lr-ratio", type=float, default=0.1,
+    parser.add_argument("--finetune-lr-ratio", type=float, default=0.3,
                         help="fine-tuning learning rate as a fraction of --lr")
     parser.add_argument("--target-batch-size", type=int, default=10, help="batch size on the few-shot target task")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="repeat the target task with this many draws of its labelled images; report the mean")
     parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
     args = parser.parse_args(argv)
     args = fill_budget(
         args,
-        quick=dict(size=16, shots=10, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
-                   finetune_epochs=1, batch_size=64, lr=3e-3),
-        full=dict(size=32, shots=10, test_per_class=40, pretrain_epochs=3, head_epochs=10, finetune_epochs=10,
-                  batch_size=64, lr=3e-3))
+        quick=dict(size=16, shots=2, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
+                   finetune_epochs=1, draws=1, batch_size=64, lr=3e-3),
+        # ImageNet features need larger images than the 16x16 that the digits checkpoint is trained on
+        full=dict(size=64 if args.weights == "imagenet" else 16, shots=2, test_per_class=40, pretrain_epochs=3, head_epochs=10, finetune_epochs=10,
+                  draws=3, batch_size=64, lr=3e-3))
     device, test_batch = args.device, 256
 
     # Where the starting weights come from, and the normalisation they expect.
@@ -174,58 +179,84 @@ def main(argv=None):
         checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
         save_checkpoint(source_model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
 
-    # Target task: digits 5-9 with only a few labelled images per class.
-    torch.manual_seed(args.seed)
-    model = resnet18(len(TARGET_CLASSES), args.algo, weights=imagenet_weights)
-    if args.weights != "imagenet":
-        mean, std = load_backbone(model, checkpoint)
-    model = model.to(device)
-    images, labels = digits_as_rgb(args.size, mean, std)
-    xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class,
-                                          args.seed)
-    print(f"target task, digits {TARGET_CLASSES}: {len(xt)} training images ({args.shots} per class), "
-          f"{len(xt_test)} test images")
-    target_train = lambda: TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=args.seed)  # noqa: E731
-    target_test = TensorLoader(xt_test, yt_test, test_batch)
+    # Target task: digits 5-9 with only a few labelled images per class. Which few images are labelled
+    # changes the result by several points, so the comparison is repeated over --draws draws of them.
+    def starting_model():
+        model = resnet18(len(TARGET_CLASSES), args.algo, weights=imagenet_weights)
+        normalisation = (mean, std) if args.weights == "imagenet" else load_backbone(model, checkpoint)
+        return model.to(device), normalisation
 
-    # (a) feature extraction: the network is frozen, only the new head learns.
-    start = time.perf_counter()
-    features, features_test = extract_features(model, xt, device), extract_features(model, xt_test, device)
-    extraction_seconds = time.perf_counter() - start
-    histories["(a) feature extractor"] = h = train(
-        model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=args.seed),
-        TensorLoader(features_test, yt_test, test_batch), args.head_epochs, args.lr, device, desc="(a) head")
-    rows.append({"run": "(a) frozen features + new head", "epochs": args.head_epochs,
-                 "test accuracy": f"{h['test_acc'][-1]:.1f}%",
-                 "time": f"{extraction_seconds + h['seconds']:.1f} s"})
-
-    # (b) fine-tuning: everything learns, gently, starting from (a)'s head.
+    budget = args.head_epochs + args.finetune_epochs
     finetune_lr = args.lr * args.finetune_lr_ratio
-    histories["(b) fine-tuned"] = h = train(
-        model, target_train(), target_test, args.finetune_epochs, finetune_lr, device, desc="(b) fine-tune")
-    transfer_acc = h["test_acc"][-1]
-    rows.append({"run": f"(b) fine-tuned, lr {finetune_lr:g}", "epochs": args.finetune_epochs,
-                 "test accuracy": f"{transfer_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
-
-    # Baseline: the same network from random weights, the same data and the same number of epochs.
-    budget, scratch_acc = args.head_epochs + args.finetune_epochs, None
+    runs = {"(a) frozen features + new head": [], f"(b) fine-tuned, lr {finetune_lr:g}": []}
     if not args.no_baseline:
-        torch.manual_seed(args.seed)
-        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
-        histories["from scratch"] = h = train(scratch, target_train(), target_test, budget, args.lr, device,
-                                              desc="scratch")
-        scratch_acc = h["test_acc"][-1]
-        rows.append({"run": "from scratch (baseline)", "epochs": budget,
-                     "test accuracy": f"{scratch_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+        runs["from scratch (baseline)"] = []
+    for draw in range(args.draws):
+        draw_seed = args.seed + draw
+        torch.manual_seed(draw_seed)
+        model, (mean, std) = starting_model()
+        images, labels = digits_as_rgb(args.size, mean, std)
+        xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class,
+                                              draw_seed)
+        print(f"target task, digits {TARGET_CLASSES}, draw {draw + 1}/{args.draws}: {len(xt)} training images "
+              f"({args.shots} per class), {len(xt_test)} test images")
+        target_train = lambda: TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed)  # noqa
+        target_test = TensorLoader(xt_test, yt_test, test_batch)
+        label = "" if args.draws == 1 else f", draw {draw + 1}"
+        results = []
+
+        # (a) feature extraction: the network is frozen, only the new head learns.
+        start = time.perf_counter()
+        features, features_test = extract_features(model, xt, device), extract_features(model, xt_test, device)
+        extraction_seconds = time.perf_counter() - start
+        h = train(model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                  TensorLoader(features_test, yt_test, test_batch), args.head_epochs, args.lr, device,
+                  desc="(a) head")
+        h["seconds"] += extraction_seconds
+        results.append(h)
+
+        # (b) fine-tuning: everything learns, gently, starting from (a)'s head.
+        results.append(train(model, target_train(), target_test, args.finetune_epochs, finetune_lr, device,
+                             desc="(b) fine-tune"))
+
+        # Baseline: the same network from random weights, the same data, as many epochs as (a) and (b).
+        if not args.no_baseline:
+            torch.manual_seed(draw_seed)
+            scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
+            results.append(train(scratch, target_train(), target_test, budget, args.lr, device, desc="scratch"))
+
+        for (name, finals), h in zip(runs.items(), results):
+            finals.append(h)
+            if draw == 0:
+                histories[name.split(",")[0] + label] = h
+        if draw == 0:
+            shown_model, shown_input = model, xt_test[:1]
+
+    def mean_accuracy(hs):
+        return sum(h["test_acc"][-1] for h in hs) / len(hs)
+
+    for name, hs in runs.items():
+        per_draw = " / ".join(f"{h['test_acc'][-1]:.1f}" for h in hs)
+        rows.append({"run": name, "epochs": len(hs[0]["test_acc"]),
+                     "test accuracy": f"{mean_accuracy(hs):.1f}%" + (f" ({per_draw})" if len(hs) > 1 else ""),
+                     "time": f"{sum(h['seconds'] for h in hs):.1f} s"})
+    transfer_runs = runs[f"(b) fine-tuned, lr {finetune_lr:g}"]
+    transfer_acc, scratch_acc = mean_accuracy(transfer_runs), None
 
     source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
-    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} images per class, "
-                  f"{args.size}x{args.size}, starting from {source}:", rows)
-    if scratch_acc is not None:
+    draws = f"mean of {args.draws} draws of the labelled images" if args.draws > 1 else "one draw of the labelled images"
+    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} labelled images per class, "
+                  f"{args.size}x{args.size}, starting from {source} ({draws}):", rows)
+    if not args.no_baseline:
+        scratch_runs = runs["from scratch (baseline)"]
+        scratch_acc = mean_accuracy(scratch_runs)
+        wins = sum(t["test_acc"][-1] > s["test_acc"][-1] for t, s in zip(transfer_runs, scratch_runs))
         verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
         print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
-              f"({transfer_acc - scratch_acc:+.1f} points) at the same budget of {budget} epochs")
+              f"({transfer_acc - scratch_acc:+.1f} points; ahead in {wins} of {args.draws} draws) at the same budget "
+              f"of {budget} epochs")
 
+    model = shown_model
     plot_curves(histories, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
     if args.weights == "imagenet":
         plot_filters(model.conv1.weight, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
@@ -234,8 +265,8 @@ def main(argv=None):
                      "conv1: 64 filters of 7x7, summed over RGB (the digits are grey)")
     depths = [("conv1+relu", model.relu), ("layer1", model.layer1), ("layer2", model.layer2),
               ("layer3", model.layer3), ("layer4", model.layer4)]
-    maps = capture_feature_maps(model, xt_test[:1].to(device), depths)
-    plot_feature_maps(xt_test[:1], maps, os.path.join(args.out, "feature_maps.png"),
+    maps = capture_feature_maps(model, shown_input.to(device), depths)
+    plot_feature_maps(shown_input, maps, os.path.join(args.out, "feature_maps.png"),
                       "fine-tuned ResNet-18: feature maps of one test image at each depth")
     return {"transfer": transfer_acc, "scratch": scratch_acc, "checkpoint": checkpoint}
 
