@@ -121,7 +121,11 @@ def extract_features(model, images, device, batch_size=256):
 # ----------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
+HEAD, FINETUNE, SCRATCH = "(a) frozen features + new head", "(b) fine-tuned", "from scratch (baseline)"
+TEST_BATCH = 256
+
+
+def parse_args(argv):
     parser = base_parser("finetune_resnet", __doc__.split("\n\n")[0])
     parser.add_argument("--weights", default="pretrain", help="pretrain | imagenet | PATH (see above)")
     parser.add_argument("--size", type=int, default=None, help="image side fed to the network")
@@ -139,136 +143,141 @@ def main(argv=None):
                         help="repeat the target task with this many draws of its labelled images; report the mean")
     parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
     args = parser.parse_args(argv)
-    args = fill_budget(
+    if args.weights not in ("pretrain", "imagenet") and not os.path.isfile(args.weights):
+        parser.error(f"--weights: no such checkpoint file {args.weights!r}")
+    return fill_budget(
         args,
         quick=dict(size=16, shots=2, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
                    finetune_epochs=1, draws=1, batch_size=64, lr=3e-3),
         # ImageNet features need larger images than the 16x16 that the digits checkpoint is trained on
-        full=dict(size=64 if args.weights == "imagenet" else 16, shots=2, test_per_class=40, pretrain_epochs=3, head_epochs=10, finetune_epochs=10,
-                  draws=3, batch_size=64, lr=3e-3))
-    device, test_batch = args.device, 256
+        full=dict(size=64 if args.weights == "imagenet" else 16, shots=2, test_per_class=40, pretrain_epochs=3,
+                  head_epochs=10, finetune_epochs=10, draws=3, batch_size=64, lr=3e-3))
 
-    # Where the starting weights come from, and the normalisation they expect.
-    if args.weights == "imagenet":
-        print("loading torchvision's ImageNet weights (downloads them on first use)")
-        imagenet_weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    elif args.weights == "pretrain":
-        imagenet_weights, mean, std = None, (0.5,) * 3, (0.5,) * 3
-    else:
-        if not os.path.isfile(args.weights):
-            parser.error(f"--weights: no such checkpoint file {args.weights!r}")
-        imagenet_weights, mean, std = None, None, None  # read from the checkpoint below
 
-    histories, rows = {}, []
+def pretrain_on_source(args):
+    """Source task: digits 0-4, every labelled image, from scratch; returns its history and checkpoint."""
+    mean = std = (0.5,) * 3
+    images, labels = digits_as_rgb(args.size, mean, std)
+    xs, ys, xs_test, ys_test = task_split(images, labels, SOURCE_CLASSES, args.source_shots, args.test_per_class,
+                                         args.seed)
+    torch.manual_seed(args.seed)
+    model = resnet18(len(SOURCE_CLASSES), args.algo).to(args.device)
+    print(f"pretraining on digits {SOURCE_CLASSES}: {len(xs)} training, {len(xs_test)} test images "
+          f"of {args.size}x{args.size}")
+    history = train(model, TensorLoader(xs, ys, args.batch_size, shuffle=True, seed=args.seed),
+                    TensorLoader(xs_test, ys_test, TEST_BATCH), args.pretrain_epochs, args.lr, args.device,
+                    desc="pretrain")
+    checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
+    save_checkpoint(model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
+    return history, checkpoint
+
+
+def transfer_to_target(args, starting_model, draw_seed):
+    """Target task, digits 5-9, with ``args.shots`` labelled images per class drawn with ``draw_seed``.
+
+    Runs (a) and (b) from ``starting_model()`` and the from-scratch baseline; returns their histories
+    and the fine-tuned model.
+    """
+    torch.manual_seed(draw_seed)
+    model, (mean, std) = starting_model()
+    images, labels = digits_as_rgb(args.size, mean, std)
+    xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class, draw_seed)
+    print(f"target task, digits {TARGET_CLASSES}: {len(xt)} labelled training images ({args.shots} per class, "
+          f"draw {draw_seed - args.seed + 1} of {args.draws}), {len(xt_test)} test images")
+    target_test = TensorLoader(xt_test, yt_test, TEST_BATCH)
+    histories = {}
+
+    # (a) feature extraction: the network is frozen, only the new head learns.
+    start = time.perf_counter()
+    features, features_test = extract_features(model, xt, args.device), extract_features(model, xt_test, args.device)
+    extraction_seconds = time.perf_counter() - start
+    histories[HEAD] = train(model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                            TensorLoader(features_test, yt_test, TEST_BATCH), args.head_epochs, args.lr,
+                            args.device, desc="(a) head")
+    histories[HEAD]["seconds"] += extraction_seconds
+
+    # (b) fine-tuning: everything learns, gently, starting from (a)'s head.
+    histories[FINETUNE] = train(model, TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                                target_test, args.finetune_epochs, args.lr * args.finetune_lr_ratio, args.device,
+                                desc="(b) fine-tune")
+
+    # Baseline: the same network from random weights, the same images, as many epochs as (a) and (b).
+    if not args.no_baseline:
+        torch.manual_seed(draw_seed)
+        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(args.device)
+        histories[SCRATCH] = train(scratch, TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                                   target_test, args.head_epochs + args.finetune_epochs, args.lr, args.device,
+                                   desc="scratch")
+    return histories, model, xt_test[:1]
+
+
+def final_accuracy(history):
+    return history["test_acc"][-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
+    curves, rows = {}, []
+
     checkpoint = args.weights
     if args.weights == "pretrain":
-        # Source task: digits 0-4, every labelled image; trained from scratch, then saved.
-        images, labels = digits_as_rgb(args.size, mean, std)
-        xs, ys, xs_test, ys_test = task_split(images, labels, SOURCE_CLASSES, args.source_shots,
-                                             args.test_per_class, args.seed)
-        torch.manual_seed(args.seed)
-        source_model = resnet18(len(SOURCE_CLASSES), args.algo).to(device)
-        print(f"pretraining on digits {SOURCE_CLASSES}: {len(xs)} training, {len(xs_test)} test images "
-              f"of {args.size}x{args.size}")
-        histories["pretrain (digits 0-4)"] = h = train(
-            source_model, TensorLoader(xs, ys, args.batch_size, shuffle=True, seed=args.seed),
-            TensorLoader(xs_test, ys_test, test_batch), args.pretrain_epochs, args.lr, device, desc="pretrain")
+        curves["pretrain (digits 0-4)"], checkpoint = pretrain_on_source(args)
         rows.append({"run": "pretrain on digits 0-4", "epochs": args.pretrain_epochs,
-                     "test accuracy": f"{h['test_acc'][-1]:.1f}%", "time": f"{h['seconds']:.1f} s"})
-        checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
-        save_checkpoint(source_model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
-
-    # Target task: digits 5-9 with only a few labelled images per class. Which few images are labelled
-    # changes the result by several points, so the comparison is repeated over --draws draws of them.
-    def starting_model():
-        model = resnet18(len(TARGET_CLASSES), args.algo, weights=imagenet_weights)
-        normalisation = (mean, std) if args.weights == "imagenet" else load_backbone(model, checkpoint)
-        return model.to(device), normalisation
-
-    budget = args.head_epochs + args.finetune_epochs
-    finetune_lr = args.lr * args.finetune_lr_ratio
-    runs = {"(a) frozen features + new head": [], f"(b) fine-tuned, lr {finetune_lr:g}": []}
-    if not args.no_baseline:
-        runs["from scratch (baseline)"] = []
-    for draw in range(args.draws):
-        draw_seed = args.seed + draw
-        torch.manual_seed(draw_seed)
-        model, (mean, std) = starting_model()
-        images, labels = digits_as_rgb(args.size, mean, std)
-        xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class,
-                                              draw_seed)
-        print(f"target task, digits {TARGET_CLASSES}, draw {draw + 1}/{args.draws}: {len(xt)} training images "
-              f"({args.shots} per class), {len(xt_test)} test images")
-        target_train = lambda: TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed)  # noqa
-        target_test = TensorLoader(xt_test, yt_test, test_batch)
-        label = "" if args.draws == 1 else f", draw {draw + 1}"
-        results = []
-
-        # (a) feature extraction: the network is frozen, only the new head learns.
-        start = time.perf_counter()
-        features, features_test = extract_features(model, xt, device), extract_features(model, xt_test, device)
-        extraction_seconds = time.perf_counter() - start
-        h = train(model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
-                  TensorLoader(features_test, yt_test, test_batch), args.head_epochs, args.lr, device,
-                  desc="(a) head")
-        h["seconds"] += extraction_seconds
-        results.append(h)
-
-        # (b) fine-tuning: everything learns, gently, starting from (a)'s head.
-        results.append(train(model, target_train(), target_test, args.finetune_epochs, finetune_lr, device,
-                             desc="(b) fine-tune"))
-
-        # Baseline: the same network from random weights, the same data, as many epochs as (a) and (b).
-        if not args.no_baseline:
-            torch.manual_seed(draw_seed)
-            scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
-            results.append(train(scratch, target_train(), target_test, budget, args.lr, device, desc="scratch"))
-
-        for (name, finals), h in zip(runs.items(), results):
-            finals.append(h)
-            if draw == 0:
-                histories[name.split(",")[0] + label] = h
-        if draw == 0:
-            shown_model, shown_input = model, xt_test[:1]
-
-    def mean_accuracy(hs):
-        return sum(h["test_acc"][-1] for h in hs) / len(hs)
-
-    for name, hs in runs.items():
-        per_draw = " / ".join(f"{h['test_acc'][-1]:.1f}" for h in hs)
-        rows.append({"run": name, "epochs": len(hs[0]["test_acc"]),
-                     "test accuracy": f"{mean_accuracy(hs):.1f}%" + (f" ({per_draw})" if len(hs) > 1 else ""),
-                     "time": f"{sum(h['seconds'] for h in hs):.1f} s"})
-    transfer_runs = runs[f"(b) fine-tuned, lr {finetune_lr:g}"]
-    transfer_acc, scratch_acc = mean_accuracy(transfer_runs), None
-
-    source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
-    draws = f"mean of {args.draws} draws of the labelled images" if args.draws > 1 else "one draw of the labelled images"
-    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} labelled images per class, "
-                  f"{args.size}x{args.size}, starting from {source} ({draws}):", rows)
-    if not args.no_baseline:
-        scratch_runs = runs["from scratch (baseline)"]
-        scratch_acc = mean_accuracy(scratch_runs)
-        wins = sum(t["test_acc"][-1] > s["test_acc"][-1] for t, s in zip(transfer_runs, scratch_runs))
-        verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
-        print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
-              f"({transfer_acc - scratch_acc:+.1f} points; ahead in {wins} of {args.draws} draws) at the same budget "
-              f"of {budget} epochs")
-
-    model = shown_model
-    plot_curves(histories, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
+                     "test accuracy": f"{final_accuracy(curves['pretrain (digits 0-4)']):.1f}%",
+                     "time": f"{curves['pretrain (digits 0-4)']['seconds']:.1f} s"})
     if args.weights == "imagenet":
-        plot_filters(model.conv1.weight, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
+        print("loading torchvision's ImageNet weights (downloads them on first use)")
+
+    def starting_model():
+        """The network the transfer starts from, and the input normalisation its weights expect."""
+        if args.weights == "imagenet":
+            model = resnet18(len(TARGET_CLASSES), args.algo, torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+            return model.to(args.device), (IMAGENET_MEAN, IMAGENET_STD)
+        model = resnet18(len(TARGET_CLASSES), args.algo)
+        normalisation = load_backbone(model, checkpoint)
+        return model.to(args.device), normalisation
+
+    # With two labelled images per class the result depends on which ones: repeat over several draws.
+    runs = {}
+    for draw in range(args.draws):
+        histories, model, sample = transfer_to_target(args, starting_model, args.seed + draw)
+        for name, history in histories.items():
+            runs.setdefault(name, []).append(history)
+        if draw == 0:  # the pictures show the first draw
+            shown_model, shown_input = model, sample
+            curves.update({name + (" (draw 1)" if args.draws > 1 else ""): h for name, h in histories.items()})
+
+    means = {name: sum(map(final_accuracy, hs)) / len(hs) for name, hs in runs.items()}
+    for name, hs in runs.items():
+        per_draw = " / ".join(f"{final_accuracy(h):.1f}" for h in hs)
+        label = f"{name}, lr {args.lr * args.finetune_lr_ratio:g}" if name == FINETUNE else name
+        rows.append({"run": label, "epochs": len(hs[0]["test_acc"]),
+                     "test accuracy": f"{means[name]:.1f}%" + (f" ({per_draw})" if len(hs) > 1 else ""),
+                     "time": f"{sum(h['seconds'] for h in hs):.1f} s"})
+    draws = f"mean of {args.draws} draws" if args.draws > 1 else "one draw"
+    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} labelled images per class, "
+                  f"{args.size}x{args.size}, starting from {source} ({draws} of the labelled images):", rows)
+    if SCRATCH in runs:
+        wins = sum(final_accuracy(t) > final_accuracy(s) for t, s in zip(runs[FINETUNE], runs[SCRATCH]))
+        verdict = "beats" if means[FINETUNE] > means[SCRATCH] else "does NOT beat"
+        print(f"starting from {source} {verdict} starting from scratch: {means[FINETUNE]:.1f}% vs "
+              f"{means[SCRATCH]:.1f}% ({means[FINETUNE] - means[SCRATCH]:+.1f} points; ahead in {wins} of "
+              f"{args.draws} draws) at the same budget of {args.head_epochs + args.finetune_epochs} epochs")
+
+    plot_curves(curves, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
+    conv1 = shown_model.conv1.weight
+    if args.weights == "imagenet":
+        plot_filters(conv1, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
     else:  # grey digits copied to 3 channels: what a filter does is the sum of its three colour planes
-        plot_filters(model.conv1.weight.sum(1, keepdim=True), os.path.join(args.out, "filters.png"),
+        plot_filters(conv1.sum(1, keepdim=True), os.path.join(args.out, "filters.png"),
                      "conv1: 64 filters of 7x7, summed over RGB (the digits are grey)")
-    depths = [("conv1+relu", model.relu), ("layer1", model.layer1), ("layer2", model.layer2),
-              ("layer3", model.layer3), ("layer4", model.layer4)]
-    maps = capture_feature_maps(model, shown_input.to(device), depths)
+    depths = [("conv1+relu", shown_model.relu)] + [(name, getattr(shown_model, name))
+                                                   for name in ("layer1", "layer2", "layer3", "layer4")]
+    maps = capture_feature_maps(shown_model, shown_input.to(args.device), depths)
     plot_feature_maps(shown_input, maps, os.path.join(args.out, "feature_maps.png"),
                       "fine-tuned ResNet-18: feature maps of one test image at each depth")
-    return {"transfer": transfer_acc, "scratch": scratch_acc, "checkpoint": checkpoint}
+    return {"transfer": means[FINETUNE], "scratch": means.get(SCRATCH), "checkpoint": checkpoint}
 
 
 if __name__ == "__main__":
