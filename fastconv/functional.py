@@ -13,7 +13,7 @@ from . import _ops  # noqa: F401  (registers fake kernels and autograd)
 from ._loader import check_device_supported
 
 __all__ = [
-    "conv1d", "conv2d", "choose_conv_algo",
+    "conv1d", "conv2d",
     "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "CONV_ALGOS",
@@ -83,19 +83,6 @@ def _conv_param(value, name, spatial_dims):
             f"convolution dimensions, but got {name}={values}"
         )
     return [int(v) for v in values]
-
-
-def choose_conv_algo(in_channels, out_channels, kernel_size, groups):
-    """The rule behind algo="auto".
-
-    Depthwise and narrow grouped convolutions (at most 8 input channels per group) go to ``direct``:
-    their per-group matrix products are too thin for GEMM to pay for the column buffer. Everything
-    else goes to ``im2col``, whose matrix product does the heavy lifting for dense layers.
-    """
-    del out_channels, kernel_size
-    if groups > 1 and in_channels // groups <= 8:
-        return "direct"
-    return "im2col"
 
 
 def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, groups, algo):
@@ -168,8 +155,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 # types, list lengths, 1-D wording, the input's rank) happen here, with torch's exception classes.
 
 
-def _pool_int(value, name, op):
-    """One integer argument; like torch, floats, strings and bools are a TypeError."""
+def _pool_int(value, name, op, allow_bool=False):
+    """One integer argument; like torch, floats, strings and bools are a TypeError (except bools after
+    the first entry of a list, which torch's parser unpacks as ints)."""
+    if isinstance(value, bool) and allow_bool:
+        return int(value)
     if isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
     try:
@@ -188,13 +178,23 @@ def _pool_param(value, name, op, spatial_dims, default=None):
         return list(default)
     if not isinstance(value, (tuple, list, torch.Size)):
         return [_pool_int(value, name, op)] * spatial_dims
-    values = [_pool_int(v, name, op) for v in value]
+    values = [_pool_int(v, name, op, allow_bool=i > 0) for i, v in enumerate(value)]
     if len(values) == 1:
         return values * spatial_dims
     if len(values) != spatial_dims:
         expected = "a single int" if spatial_dims == 1 else f"a single int or a tuple of {spatial_dims} ints"
         raise RuntimeError(f"{op}(): {name} must be {expected}, but got {name}={tuple(values)}")
     return values
+
+
+def _check_pool_types(op, **params):
+    """TypeError for a wrongly typed argument before any length or value is looked at (torch's argument
+    parser matches every argument's type first). stride may be None (its default)."""
+    for name, value in params.items():
+        if value is None and name == "stride":
+            continue
+        for i, v in enumerate(value if isinstance(value, (tuple, list, torch.Size)) else (value,)):
+            _pool_int(v, name, op, allow_bool=i > 0)
 
 
 def _pool_flag(value, name, op):
@@ -243,12 +243,14 @@ def _from_2d(t, spatial_dims):
 
 
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    _check_pool_input(op, input, spatial_dims)
+    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
+    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
     dilation = _pool_param(dilation, "dilation", op, spatial_dims)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    _check_pool_input(op, input, spatial_dims)
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
@@ -268,7 +270,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    # Argument types first, then lengths, then the input's rank: torch's argument parser runs first.
+    _check_pool_types(op, kernel_size=kernel_size, stride=stride, padding=padding)
     kernel = _pool_param(kernel_size, "kernel_size", op, spatial_dims)
     stride = _pool_param(stride, "stride", op, spatial_dims, default=kernel)
     padding = _pool_param(padding, "padding", op, spatial_dims)
@@ -276,8 +279,9 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
     if divisor_override is not None:
         divisor_override = _pool_int(divisor_override, "divisor_override", op)
-        if divisor_override == 0:
-            raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
+    _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+    if divisor_override == 0:
+        raise RuntimeError(f"{op}(): divisor_override must be non-zero, but got divisor_override=0")
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, [1])
         kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
@@ -301,31 +305,40 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def _adaptive_output_size(op, input, output_size, spatial_dims):
     """output_size as a list of ints. In 2-D a None entry keeps the input's size along that dim; 1-D
-    takes ints only (torch's rules)."""
+    takes ints only (torch's rules). Entry types are checked before the length, as torch does."""
     if output_size is None:
         raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
     if not isinstance(output_size, (tuple, list, torch.Size)):
         return [_pool_int(output_size, "output_size", op)] * spatial_dims
     sizes = list(output_size)
+    if spatial_dims == 2 and sizes:
+        # torch.nn.functional fills None entries from the input's trailing sizes first.
+        sizes = [d if v is None else v for v, d in zip(sizes, input.shape[-len(sizes):])]
+    sizes = [_pool_int(v, "output_size", op, allow_bool=i > 0) for i, v in enumerate(sizes)]
     if len(sizes) != spatial_dims:
         raise RuntimeError(
             f"{op}(): output_size must be an int or a tuple of {spatial_dims} value(s), but got output_size={output_size}"
         )
-    in_sizes = input.shape[-spatial_dims:]
-    result = []
-    for d, size in enumerate(sizes):
-        if size is None and spatial_dims == 2:
-            result.append(in_sizes[d])
-        elif size is None:
-            raise TypeError(f"{op}(): argument 'output_size' must be an int or a tuple of ints, not NoneType")
-        else:
-            result.append(_pool_int(size, "output_size", op))
-    return result
+    return sizes
 
 
 def _adaptive_pool(spatial_dims, op, input, output_size, max_pool, return_indices):
+    is_tensor = isinstance(input, torch.Tensor)
+    if spatial_dims == 2 and is_tensor and isinstance(output_size, (tuple, list)) and input.dim() <= len(output_size):
+        # torch.nn.functional's own check (a ValueError), made before the op sees the input.
+        raise ValueError(f"{op}(): input dimension should be at least {len(output_size) + 1}, but got input of "
+                         f"size {list(input.shape)}")
+    if not max_pool and spatial_dims == 2 and is_tensor and input.dim() not in (3, 4):
+        # torch averages to 1 x 1 with a plain mean over the last two dims, whatever the rank.
+        if _adaptive_output_size(op, input, output_size, spatial_dims) == [1, 1]:
+            return input.mean((-1, -2), keepdim=True)
+    if not is_tensor:
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+    size = _adaptive_output_size(op, input, output_size, spatial_dims)  # types before the input's rank
     _check_pool_input(op, input, spatial_dims)
-    size = _adaptive_output_size(op, input, output_size, spatial_dims)
+    if not max_pool and size == [1] * spatial_dims and 0 in input.shape[-spatial_dims:]:
+        # ... and so of an empty plane, whose mean is NaN (the kernels reject empty planes).
+        return _from_2d(_as_2d(input, spatial_dims).mean((-1, -2), keepdim=True), spatial_dims)
     if spatial_dims == 1:
         size = [1] + size
     x = _as_2d(input, spatial_dims)

@@ -9,8 +9,7 @@ tensors. Slow (every GPU thread is a coroutine), so the tests keep their shapes 
 machines without a GPU; it does not replace running the tests on one.
 
 --asan builds with AddressSanitizer (into build/cuda_sim_asan/) and runs under it: a kernel that reads or
-writes outside a tensor's allocation, or outside its shared memory, stops the run with a report (the
-opcheck tests are left out: they import triton, which does not load under the sanitizer).
+writes outside a tensor's allocation, or outside its shared memory, stops the run with a report.
 """
 import os
 import subprocess
@@ -90,8 +89,10 @@ def main(argv):
     if asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         build(asan=True)  # before the restart: compiling does not need the sanitizer runtime
         # The sanitizer runtime must be loaded first: restart the interpreter with it preloaded.
-        runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-        env = dict(os.environ, LD_PRELOAD=runtime,
+        # libstdc++ too, or the sanitizer cannot intercept C++ exceptions thrown by torch's libraries.
+        runtime = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+                   for lib in ("libasan.so", "libstdc++.so.6")]
+        env = dict(os.environ, LD_PRELOAD=" ".join(runtime),
                    ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1")
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), "--asan", *argv], env)
     load(asan)
@@ -99,15 +100,7 @@ def main(argv):
 
     os.chdir(ROOT)
     sys.path.insert(0, ROOT)
-    argv = argv or ["-q", "tests/test_cuda.py"]
-    if asan:
-        # opcheck imports triton, whose library does not load under AddressSanitizer: leave those tests out.
-        if "-k" in argv:
-            i = argv.index("-k") + 1
-            argv[i] = f"({argv[i]}) and not opcheck"
-        else:
-            argv += ["-k", "not opcheck"]
-    return pytest.main(argv)
+    return pytest.main(argv or ["-q", "tests/test_cuda.py"])
 
 
 if __name__ == "__main__":

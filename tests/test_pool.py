@@ -440,6 +440,11 @@ def test_opcheck_every_pooling_op():
     torch.library.opcheck(ops.adaptive_max_pool2d, (x, [4, 3]))
     _, idx = ops.adaptive_max_pool2d(xd, [4, 3])
     torch.library.opcheck(ops.adaptive_max_pool2d_backward, (torch.randn(2, 3, 4, 3), xd, idx))
+    # Channels-last inputs take their own kernels; outputs are NCHW-contiguous, as the fake kernels say.
+    x_cl = torch.randn(2, 20, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(ops.max_pool2d, (x_cl, *window))
+    torch.library.opcheck(ops.avg_pool2d, (x_cl, *avg))
+    torch.library.opcheck(ops.adaptive_max_pool2d, (x_cl, [3, 4]))
 
 
 def test_torch_compile_fullgraph_matches_eager():

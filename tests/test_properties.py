@@ -29,6 +29,9 @@ from fastconv import functional as FC
 EXAMPLES = int(os.environ.get("FASTCONV_HYPOTHESIS_EXAMPLES", "150"))
 SETTINGS = settings(
     max_examples=EXAMPLES,
+    # The default (CI) run draws the same examples every time, so it is reproducible; setting
+    # FASTCONV_HYPOTHESIS_EXAMPLES (the long mode) draws fresh ones.
+    derandomize="FASTCONV_HYPOTHESIS_EXAMPLES" not in os.environ,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -104,8 +107,9 @@ def _grads(out, leaves, grad_out):
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
 
 
-def _assert_same_behaviour(ours, theirs, kwargs, leaves, seed):
-    """Runs both; same exception class, or same outputs and gradients."""
+def _assert_same_behaviour(ours, theirs, kwargs, leaves, seed, reference_grads=None):
+    """Runs both; same exception class, or same outputs and gradients. `reference_grads(grad_out)`, when
+    given, stands in for torch's backward (see test_pool_matches_torch)."""
     want, their_exc = _call(theirs, kwargs)
     got, our_exc = _call(ours, kwargs)
     event(f"torch raised {type(their_exc).__name__}" if their_exc is not None else "torch returned")
@@ -122,12 +126,20 @@ def _assert_same_behaviour(ours, theirs, kwargs, leaves, seed):
         assert got[1].dtype == want[1].dtype and torch.equal(got[1], want[1]), "indices differ"
         got, want = got[0], want[0]
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
-    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(got, want, equal_nan=True, **TOL)
     gen = torch.Generator(device=want.device).manual_seed(seed)
     grad_out = torch.randn(want.shape, dtype=want.dtype, device=want.device, generator=gen)
-    for g, w, leaf in zip(_grads(got, leaves, grad_out), _grads(want, leaves, grad_out), leaves):
+    try:
+        want_grads = reference_grads(grad_out) if reference_grads else _grads(want, leaves, grad_out)
+    except RuntimeError:
+        # torch's backward rejects a few outputs its forward accepts (an adaptive pooling to size 0);
+        # there is no gradient to compare, fastconv's backward just has to run.
+        event("torch's backward raised")
+        want_grads = [None] * len(leaves)
+    for g, w, leaf in zip(_grads(got, leaves, grad_out), want_grads, leaves):
         assert g.shape == leaf.shape
-        torch.testing.assert_close(g, w, **TOL)
+        if w is not None:
+            torch.testing.assert_close(g, w, equal_nan=True, **TOL)
 
 
 def _randn(shape, seed, device, requires_grad=True):
@@ -209,7 +221,7 @@ def _pool_input(draw, dims, seed, device):
     spatial = [_mostly(draw, st.integers(1, 9), st.just(0), one_in=12, edge=True) for _ in range(dims)]
     shape = ([] if batch is None else [batch]) + [channels] + spatial
     if _broken(draw) and draw(st.integers(0, 11)) == 0:
-        shape = shape[1:] if len(shape) > dims + 1 else [2] + shape  # wrong number of dims
+        shape = [2] + shape if len(shape) == dims + 2 else shape[1:]  # one dim too many / too few
     return _randn(shape, seed, device)
 
 
@@ -241,7 +253,7 @@ def pool_calls(draw, device):
     else:
         def one_size():
             valid = _mostly(draw, st.integers(1, 5), st.sampled_from([0, None]), one_in=5, edge=True)
-            return _mostly(draw, st.just(valid), st.just(-1))
+            return _mostly(draw, st.just(valid), st.one_of(st.just(-1), WRONG_TYPES))
 
         if draw(st.booleans()):
             kwargs["output_size"] = one_size()
@@ -259,4 +271,26 @@ def pool_calls(draw, device):
 @given(data=st.data())
 def test_pool_matches_torch(device, data):
     name, kwargs, leaves, seed = data.draw(pool_calls(device))
-    _assert_same_behaviour(getattr(FC, name), getattr(F, name), kwargs, leaves, seed)
+    reference = None
+    if name.startswith("max_pool"):
+        # A window that lies wholly in the padding (possible with dilation) gets -inf and an index past
+        # the input in torch, and torch's backward then writes out of bounds (heap corruption). fastconv
+        # returns the same values and index but its backward skips such indices; the expected gradient
+        # is computed here from the indices instead of by torch's backward.
+        x = kwargs["input"]
+        try:
+            _, idx = getattr(F, name)(**dict(kwargs, return_indices=True))
+        except Exception:  # noqa: BLE001 - invalid call: compared as such below
+            idx = None
+        plane = x.shape[-1] * (x.shape[-2] if name.endswith("2d") else 1)
+        if idx is not None and idx.numel() and (idx >= plane).any():
+            event("torch index outside the input")
+
+            def reference(grad_out):
+                flat_idx = idx.reshape(-1, idx.shape[-1] * (idx.shape[-2] if name.endswith("2d") else 1))
+                valid = flat_idx < plane
+                grad = torch.zeros(flat_idx.shape[0], plane, dtype=x.dtype, device=x.device)
+                grad.scatter_add_(1, flat_idx.clamp(max=plane - 1), grad_out.reshape(flat_idx.shape) * valid)
+                return [grad.reshape(x.shape)]
+
+    _assert_same_behaviour(getattr(FC, name), getattr(F, name), kwargs, leaves, seed, reference)

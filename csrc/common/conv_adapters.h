@@ -16,24 +16,24 @@ namespace fastconv {
 enum class ConvAlgo { Im2col, Direct };
 enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 
-// The rule behind algo="auto", per pass (measured on the CPU benchmark; see README):
-// - depthwise and narrow grouped convolutions (at most 8 input channels per group): direct, every
-//   pass; their per-group matrix products are too thin for a GEMM.
-// - CUDA, dense layers: im2col (cuBLAS).
-// - CPU, dense layers: direct where its register tiles run full, i.e. the plane the pass produces or
-//   reduces over has at least 128 pixels (14 x 14 and up) and, for the input gradient, the stride is 1; im2col
-//   otherwise (small planes, 1x1 layers, strided input gradients).
+// The rule behind algo="auto", per pass (measured with benchmarks/run.py on the CPU; see README):
+// - grouped convolutions with at most 4 input channels per group (depthwise included): direct, every
+//   pass; their per-group matrix products are too thin for a GEMM (at 8 per group im2col wins).
+// - CUDA, dense layers: im2col (cuBLAS). 1x1 kernels, any stride: im2col (the GEMM is the whole job).
+// - CPU, dense layers: direct where its register tiles run full, i.e. the pixels the pass produces or
+//   reduces over, summed over the batch, number at least 128, and, for the input gradient, the stride
+//   is 1; im2col otherwise (single small planes, strided input gradients).
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
-  if (g.groups > 1 && g.in_channels_per_group() <= 8) return ConvAlgo::Direct;
-  if (on_cuda || g.is_pointwise_unit()) return ConvAlgo::Im2col;
-  constexpr int64_t kLargePlane = 128;
+  if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
+  if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
+  // batch * h * w >= 128, in floating point: the product of int64 sizes can overflow for huge outputs.
+  const auto enough = [&](int64_t h, int64_t w) { return static_cast<double>(g.batch) * h * w >= 128.0; };
   switch (pass) {
     case ConvPass::Forward:
     case ConvPass::BackwardWeight:
-      return g.out_h * g.out_w >= kLargePlane ? ConvAlgo::Direct : ConvAlgo::Im2col;
+      return enough(g.out_h, g.out_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
     case ConvPass::BackwardInput:
-      return g.stride_h == 1 && g.stride_w == 1 && g.in_h * g.in_w >= kLargePlane ? ConvAlgo::Direct
-                                                                                  : ConvAlgo::Im2col;
+      return g.stride_h == 1 && g.stride_w == 1 && enough(g.in_h, g.in_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
   }
   return ConvAlgo::Im2col;
 }

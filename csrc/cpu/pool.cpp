@@ -1,12 +1,14 @@
 // Max, average and adaptive pooling on CPU, forward and backward.
 //
 // Every op works on planes: the input is made NCHW-contiguous and viewed as (planes, H, W); threads
-// split the work over rows of planes with at::parallel_for.
+// split the work over rows of planes with at::parallel_for. Outputs and gradients are always
+// NCHW-contiguous (what the fake kernels in fastconv/_ops.py promise).
 //
 // Forward kernels build one output row at a time (cpu/pool_kernels.inc): the columns whose window lies
 // wholly inside the input go through vectorised loops along W, the edge columns next to the padding
 // through checked scalar loops, and every output cell sees its taps in torch's order, so ties, NaNs
-// and sums come out exactly as torch's. The row kernels are compiled for AVX-512, AVX2 and baseline
+// and sums come out exactly as torch's. A channels-last input to max or average pooling is read in
+// place instead, vectorised over channels. The row kernels are compiled for AVX-512, AVX2 and baseline
 // x86-64 and picked at run time by active_cpu_isa() (FASTCONV_CPU_ISA can force a narrower one).
 //
 // Backward kernels are deterministic without atomics: each input-gradient element is summed by one
@@ -66,8 +68,9 @@ inline OutputRange taps_inside(int64_t start, int64_t kernel, int64_t dilation, 
   return {lo, std::max(lo, hi)};
 }
 
-// For every input row, the output rows whose window reads it, ascending (compressed rows:
-// outputs_of(i) = outputs[offsets[i] .. offsets[i + 1])). Built once per call and shared by all planes.
+// For every input position along one axis, the output positions whose window reads it, in ascending
+// order: outputs[offsets[i] .. offsets[i + 1]) for input position i. Built once per call and shared by
+// all planes (the average-pooling backward passes use it for rows).
 struct AxisReaders {
   std::vector<int64_t> offsets, outputs;
 

@@ -45,7 +45,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const at::Tensor input_c = input.contiguous();
   const at::Tensor weight_c = weight.contiguous();
   at::Tensor out;
-  if (g.batch == 0) {
+  if (g.is_empty()) {  // zero batch or zero input channels: nothing to compute
     out = at::empty(g.output_sizes(), input.options());
   } else {
     out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input_c, weight_c)
@@ -60,7 +60,8 @@ ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
                                int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
   const ConvGeometry g =
       check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
-  const ConvAlgo which = parse_conv_algo("conv2d_backward", algo, g, ConvPass::Backward, /*on_cuda=*/true);
+  const ConvAlgo input_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardInput, true);
+  const ConvAlgo weight_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardWeight, true);
   check_conv_grad_output("conv2d_backward", g, grad_output, 2);
   check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
   check_float_dtype("conv2d_backward", input, true);
@@ -73,16 +74,26 @@ ConvGrads conv2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& 
   const at::Tensor weight_c = weight.contiguous();
 
   at::Tensor grad_input, grad_weight;
-  if (g.batch == 0) {
+  if (g.is_empty()) {
     if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
     if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  } else if (output_mask[0] || output_mask[1]) {
-    const std::array<bool, 3> mask = {output_mask[0], output_mask[1], false};
-    std::tie(grad_input, grad_weight, std::ignore) =
-        which == ConvAlgo::Im2col ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
+  } else {
+    // Each algorithm computes the gradients assigned to it ("auto" may split them between the two).
+    for (const ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
+      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
+                                        output_mask[1] && weight_algo == which, false};
+      if (!mask[0] && !mask[1]) continue;
+      auto [gi, gw, unused] = which == ConvAlgo::Im2col
+                                  ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
                                   : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
+      if (mask[0]) grad_input = gi;
+      if (mask[1]) grad_weight = gw;
+    }
   }
-  at::Tensor grad_bias = output_mask[2] ? conv_grad_bias(grad_output_c) : unused_grad(input);
+  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
+  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
+                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
+                                              : conv_grad_bias(grad_output_c);
   if (!output_mask[0]) grad_input = unused_grad(input);
   if (!output_mask[1]) grad_weight = unused_grad(input);
   return {grad_input, grad_weight, grad_bias};
@@ -106,15 +117,17 @@ int64_t conv2d_workspace_bytes_cuda(const at::Tensor& input, const at::Tensor& w
                                     const std::string& algo) {
   const char* op = "conv2d_workspace_bytes";
   const ConvGeometry g = check_conv(op, 2, input, weight, std::nullopt, stride, padding, dilation, groups);
-  if (g.batch == 0) return 0;
-  // The larger of the two passes' scratch memory ("auto" may pick a different algorithm per pass).
+  if (g.is_empty()) return 0;
+  // The most scratch memory any one pass allocates ("auto" may pick a different algorithm per pass).
+  // Direct needs some only for grad_weight (its partial sums).
   int64_t bytes = 0;
-  for (const ConvPass pass : {ConvPass::Forward, ConvPass::Backward}) {
+  for (const ConvPass pass : {ConvPass::Forward, ConvPass::BackwardInput, ConvPass::BackwardWeight}) {
     const ConvAlgo which = parse_conv_algo(op, algo, g, pass, /*on_cuda=*/true);
-    const int64_t pass_bytes = which == ConvAlgo::Im2col ? im2col_workspace_bytes(g, input.element_size())
-                               : pass == ConvPass::Backward ? direct_backward_workspace_bytes(g, input.scalar_type())
-                                                            : 0;
-    bytes = std::max(bytes, pass_bytes);
+    if (which == ConvAlgo::Im2col) {
+      bytes = std::max(bytes, im2col_workspace_bytes(g, input.element_size()));
+    } else if (pass == ConvPass::BackwardWeight) {
+      bytes = std::max(bytes, direct_backward_workspace_bytes(g, input.scalar_type()));
+    }
   }
   return bytes;
 }

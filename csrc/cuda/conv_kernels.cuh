@@ -1,5 +1,5 @@
 // CUDA convolution algorithms. Every function takes contiguous NCHW CUDA tensors and a geometry that
-// common/shapes.h has validated (batch > 0); the registration in conv.cu prepares both and handles bias.
+// common/shapes.h has validated (not empty); the registration in conv.cu prepares both and handles bias.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -288,21 +288,13 @@ __global__ void adaptive_avg_pool2d_backward_kernel(const scalar_t* __restrict__
 
 void check_pool_dtype(const char* op, const at::Tensor& input) { check_float_dtype(op, input, true); }
 
-// Backward arguments: grad_output (and indices) shaped like the forward output, same device and dtype.
-void check_pool_backward_args(const char* op, const at::Tensor& input, const PoolGeometry& g,
-                              const at::Tensor& grad_output, const at::Tensor* indices) {
-  const std::vector<int64_t> expected = pool_output_sizes(input, g);
-  check_same_device(op, "grad_output", grad_output, "input", input);
-  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op, ": expected grad_output of size ",
-              to_str(c10::IntArrayRef(expected)), ", but got ", to_str(grad_output.sizes()));
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype (",
-              grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
-  if (indices != nullptr) {
-    check_same_device(op, "indices", *indices, "input", input);
-    TORCH_CHECK(indices->sizes() == c10::IntArrayRef(expected), op, ": expected indices of size ",
-                to_str(c10::IntArrayRef(expected)), ", but got ", to_str(indices->sizes()));
-    TORCH_CHECK(indices->scalar_type() == at::kLong, op, ": indices must be int64, got ", indices->scalar_type());
-  }
+// The output size of an adaptive pooling backward call is the size of grad_output.
+PoolGeometry adaptive_backward_geometry(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+                                        bool max_pool) {
+  TORCH_CHECK(grad_output.dim() == input.dim(), op, ": expected grad_output with as many dims as input (",
+              input.dim(), "), but got grad_output of size ", to_str(grad_output.sizes()));
+  const int64_t dims = grad_output.dim();
+  return check_adaptive_pool2d(op, input, {grad_output.size(dims - 2), grad_output.size(dims - 1)}, max_pool);
 }
 
 bool small_problem(const at::Tensor& input, const PoolGeometry& g) {
@@ -336,7 +328,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const char* op = "max_pool2d_backward";
   const PoolGeometry g = check_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode, true);
   check_pool_dtype(op, input);
-  check_pool_backward_args(op, input, g, grad_output, &indices);
+  check_pool_grad_output(op, input, g, grad_output, &indices);
   const DeviceGuard guard(input.device());
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
@@ -353,7 +345,8 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 }
 
 AvgDivisorRule avg_divisor_rule(const char* op, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, op, ": divisor must be not zero");
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, op,
+              ": divisor_override must be non-zero, but got divisor_override=0");
   return {count_include_pad, divisor_override.has_value(), divisor_override.value_or(1)};
 }
 
@@ -385,7 +378,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const int64_t no_dilation[2] = {1, 1};
   const PoolGeometry g = check_pool2d(op, input, kernel_size, stride, padding, no_dilation, ceil_mode, false);
   check_pool_dtype(op, input);
-  check_pool_backward_args(op, input, g, grad_output, nullptr);
+  check_pool_grad_output(op, input, g, grad_output, nullptr);
   const AvgDivisorRule rule = avg_divisor_rule(op, count_include_pad, divisor_override);
   const DeviceGuard guard(input.device());
   const at::Tensor grad_output_c = grad_output.contiguous();
@@ -401,7 +394,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 }
 
 at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef output_size) {
-  const PoolGeometry g = check_adaptive_pool2d("adaptive_avg_pool2d", input, output_size);
+  const PoolGeometry g = check_adaptive_pool2d("adaptive_avg_pool2d", input, output_size, /*max_pool=*/false);
   check_pool_dtype("adaptive_avg_pool2d", input);
   const DeviceGuard guard(input.device());
   const at::Tensor input_c = input.contiguous();
@@ -418,13 +411,9 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef ou
 
 at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input) {
   const char* op = "adaptive_avg_pool2d_backward";
-  TORCH_CHECK(grad_output.dim() == input.dim() && grad_output.dim() >= 2, op,
-              ": expected grad_output with the input's number of dims (", input.dim(), "), got size ",
-              to_str(grad_output.sizes()));
-  const int64_t output_size[2] = {grad_output.size(-2), grad_output.size(-1)};
-  const PoolGeometry g = check_adaptive_pool2d(op, input, output_size);
+  const PoolGeometry g = adaptive_backward_geometry(op, grad_output, input, /*max_pool=*/false);
   check_pool_dtype(op, input);
-  check_pool_backward_args(op, input, g, grad_output, nullptr);
+  check_pool_grad_output(op, input, g, grad_output, nullptr);
   const DeviceGuard guard(input.device());
   const at::Tensor grad_output_c = grad_output.contiguous();
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
@@ -439,7 +428,7 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, cons
 }
 
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef output_size) {
-  const PoolGeometry g = check_adaptive_pool2d("adaptive_max_pool2d", input, output_size);
+  const PoolGeometry g = check_adaptive_pool2d("adaptive_max_pool2d", input, output_size, /*max_pool=*/true);
   check_pool_dtype("adaptive_max_pool2d", input);
   const DeviceGuard guard(input.device());
   const at::Tensor input_c = input.contiguous();
@@ -460,13 +449,9 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cuda(const at::Tensor& in
 at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                              const at::Tensor& indices) {
   const char* op = "adaptive_max_pool2d_backward";
-  TORCH_CHECK(grad_output.dim() == input.dim() && grad_output.dim() >= 2, op,
-              ": expected grad_output with the input's number of dims (", input.dim(), "), got size ",
-              to_str(grad_output.sizes()));
-  const int64_t output_size[2] = {grad_output.size(-2), grad_output.size(-1)};
-  const PoolGeometry g = check_adaptive_pool2d(op, input, output_size);
+  const PoolGeometry g = adaptive_backward_geometry(op, grad_output, input, /*max_pool=*/true);
   check_pool_dtype(op, input);
-  check_pool_backward_args(op, input, g, grad_output, &indices);
+  check_pool_grad_output(op, input, g, grad_output, &indices);
   const DeviceGuard guard(input.device());
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
