@@ -5,10 +5,12 @@ ways to reuse it, both run here on the target task after fastconv.convert(resnet
   (a) feature extraction: freeze the network, train only a new linear head on its features;
   (b) fine-tuning: then let everything learn, with a lower learning rate.
 A ResNet-18 trained from scratch on the target task with the same budget as (a) + (b) is the baseline.
+With so few labelled images the result depends on which ones are labelled: the target task is run for
+several draws of them (--draws) and the mean is compared.
 
 Where the starting weights come from (--weights):
   pretrain   (default, offline) pretrain on digits 0-4 of scikit-learn's 8x8 digits, save that
-             checkpoint, then transfer to digits 5-9 with only a few labelled images per class
+             checkpoint, then transfer to digits 5-9 with only two labelled images per class
   imagenet   torchvision's ImageNet weights (ResNet18_Weights.IMAGENET1K_V1; downloaded, needs internet)
   PATH       a local checkpoint: one saved by this example, or a torchvision ResNet-18 state_dict
 
@@ -119,7 +121,11 @@ def extract_features(model, images, device, batch_size=256):
 # ----------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
+HEAD, FINETUNE, SCRATCH = "(a) frozen features + new head", "(b) fine-tuned", "from scratch (baseline)"
+TEST_BATCH = 256
+
+
+def parse_args(argv):
     parser = base_parser("finetune_resnet", __doc__.split("\n\n")[0])
     parser.add_argument("--weights", default="pretrain", help="pretrain | imagenet | PATH (see above)")
     parser.add_argument("--size", type=int, default=None, help="image side fed to the network")
@@ -130,114 +136,148 @@ def main(argv=None):
     parser.add_argument("--pretrain-epochs", type=int, default=None)
     parser.add_argument("--head-epochs", type=int, default=None, help="(a) feature-extraction epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="(b) fine-tuning epochs")
-    parser.add_argument("--finetune-lr-ratio", type=float, default=0.1,
+    parser.add_argument("--finetune-lr-ratio", type=float, default=0.3,
                         help="fine-tuning learning rate as a fraction of --lr")
     parser.add_argument("--target-batch-size", type=int, default=10, help="batch size on the few-shot target task")
+    parser.add_argument("--draws", type=int, default=None,
+                        help="repeat the target task with this many draws of its labelled images; report the mean")
     parser.add_argument("--no-baseline", action="store_true", help="skip the from-scratch comparison")
     args = parser.parse_args(argv)
-    args = fill_budget(
+    if args.weights not in ("pretrain", "imagenet") and not os.path.isfile(args.weights):
+        parser.error(f"--weights: no such checkpoint file {args.weights!r}")
+    return fill_budget(
         args,
-        quick=dict(size=16, shots=10, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
-                   finetune_epochs=1, batch_size=64, lr=3e-3),
-        full=dict(size=32, shots=10, test_per_class=40, pretrain_epochs=3, head_epochs=10, finetune_epochs=10,
-                  batch_size=64, lr=3e-3))
-    device, test_batch = args.device, 256
+        quick=dict(size=16, shots=2, source_shots=20, test_per_class=10, pretrain_epochs=1, head_epochs=1,
+                   finetune_epochs=1, draws=1, batch_size=64, lr=3e-3),
+        # ImageNet features need larger images than the 16x16 that the digits checkpoint is trained on
+        full=dict(size=64 if args.weights == "imagenet" else 16, shots=2, test_per_class=40, pretrain_epochs=3,
+                  head_epochs=10, finetune_epochs=10, draws=3, batch_size=64, lr=3e-3))
 
-    # Where the starting weights come from, and the normalisation they expect.
-    if args.weights == "imagenet":
-        print("loading torchvision's ImageNet weights (downloads them on first use)")
-        imagenet_weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    elif args.weights == "pretrain":
-        imagenet_weights, mean, std = None, (0.5,) * 3, (0.5,) * 3
-    else:
-        if not os.path.isfile(args.weights):
-            parser.error(f"--weights: no such checkpoint file {args.weights!r}")
-        imagenet_weights, mean, std = None, None, None  # read from the checkpoint below
 
-    histories, rows = {}, []
-    checkpoint = args.weights
-    if args.weights == "pretrain":
-        # Source task: digits 0-4, every labelled image; trained from scratch, then saved.
-        images, labels = digits_as_rgb(args.size, mean, std)
-        xs, ys, xs_test, ys_test = task_split(images, labels, SOURCE_CLASSES, args.source_shots,
-                                             args.test_per_class, args.seed)
-        torch.manual_seed(args.seed)
-        source_model = resnet18(len(SOURCE_CLASSES), args.algo).to(device)
-        print(f"pretraining on digits {SOURCE_CLASSES}: {len(xs)} training, {len(xs_test)} test images "
-              f"of {args.size}x{args.size}")
-        histories["pretrain (digits 0-4)"] = h = train(
-            source_model, TensorLoader(xs, ys, args.batch_size, shuffle=True, seed=args.seed),
-            TensorLoader(xs_test, ys_test, test_batch), args.pretrain_epochs, args.lr, device, desc="pretrain")
-        rows.append({"run": "pretrain on digits 0-4", "epochs": args.pretrain_epochs,
-                     "test accuracy": f"{h['test_acc'][-1]:.1f}%", "time": f"{h['seconds']:.1f} s"})
-        checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
-        save_checkpoint(source_model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
-
-    # Target task: digits 5-9 with only a few labelled images per class.
-    torch.manual_seed(args.seed)
-    model = resnet18(len(TARGET_CLASSES), args.algo, weights=imagenet_weights)
-    if args.weights != "imagenet":
-        mean, std = load_backbone(model, checkpoint)
-    model = model.to(device)
+def pretrain_on_source(args):
+    """Source task: digits 0-4, every labelled image, from scratch; returns its history and checkpoint."""
+    mean = std = (0.5,) * 3
     images, labels = digits_as_rgb(args.size, mean, std)
-    xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class,
-                                          args.seed)
-    print(f"target task, digits {TARGET_CLASSES}: {len(xt)} training images ({args.shots} per class), "
-          f"{len(xt_test)} test images")
-    target_train = lambda: TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=args.seed)  # noqa: E731
-    target_test = TensorLoader(xt_test, yt_test, test_batch)
+    xs, ys, xs_test, ys_test = task_split(images, labels, SOURCE_CLASSES, args.source_shots, args.test_per_class,
+                                         args.seed)
+    torch.manual_seed(args.seed)
+    model = resnet18(len(SOURCE_CLASSES), args.algo).to(args.device)
+    print(f"pretraining on digits {SOURCE_CLASSES}: {len(xs)} training, {len(xs_test)} test images "
+          f"of {args.size}x{args.size}")
+    history = train(model, TensorLoader(xs, ys, args.batch_size, shuffle=True, seed=args.seed),
+                    TensorLoader(xs_test, ys_test, TEST_BATCH), args.pretrain_epochs, args.lr, args.device,
+                    desc="pretrain")
+    checkpoint = os.path.join(args.out, "resnet18_digits0-4.pt")
+    save_checkpoint(model, checkpoint, SOURCE_CLASSES, args.size, mean, std)
+    return history, checkpoint
+
+
+def transfer_to_target(args, starting_model, draw_seed):
+    """Target task, digits 5-9, with ``args.shots`` labelled images per class drawn with ``draw_seed``.
+
+    Runs (a) and (b) from ``starting_model()`` and the from-scratch baseline; returns their histories
+    and the fine-tuned model.
+    """
+    torch.manual_seed(draw_seed)
+    model, (mean, std) = starting_model()
+    images, labels = digits_as_rgb(args.size, mean, std)
+    xt, yt, xt_test, yt_test = task_split(images, labels, TARGET_CLASSES, args.shots, args.test_per_class, draw_seed)
+    print(f"target task, digits {TARGET_CLASSES}: {len(xt)} labelled training images ({args.shots} per class, "
+          f"draw {draw_seed - args.seed + 1} of {args.draws}), {len(xt_test)} test images")
+    target_test = TensorLoader(xt_test, yt_test, TEST_BATCH)
+    histories = {}
 
     # (a) feature extraction: the network is frozen, only the new head learns.
     start = time.perf_counter()
-    features, features_test = extract_features(model, xt, device), extract_features(model, xt_test, device)
+    features, features_test = extract_features(model, xt, args.device), extract_features(model, xt_test, args.device)
     extraction_seconds = time.perf_counter() - start
-    histories["(a) feature extractor"] = h = train(
-        model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=args.seed),
-        TensorLoader(features_test, yt_test, test_batch), args.head_epochs, args.lr, device, desc="(a) head")
-    rows.append({"run": "(a) frozen features + new head", "epochs": args.head_epochs,
-                 "test accuracy": f"{h['test_acc'][-1]:.1f}%",
-                 "time": f"{extraction_seconds + h['seconds']:.1f} s"})
+    histories[HEAD] = train(model.fc, TensorLoader(features, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                            TensorLoader(features_test, yt_test, TEST_BATCH), args.head_epochs, args.lr,
+                            args.device, desc="(a) head")
+    histories[HEAD]["seconds"] += extraction_seconds
 
     # (b) fine-tuning: everything learns, gently, starting from (a)'s head.
-    finetune_lr = args.lr * args.finetune_lr_ratio
-    histories["(b) fine-tuned"] = h = train(
-        model, target_train(), target_test, args.finetune_epochs, finetune_lr, device, desc="(b) fine-tune")
-    transfer_acc = h["test_acc"][-1]
-    rows.append({"run": f"(b) fine-tuned, lr {finetune_lr:g}", "epochs": args.finetune_epochs,
-                 "test accuracy": f"{transfer_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+    histories[FINETUNE] = train(model, TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                                target_test, args.finetune_epochs, args.lr * args.finetune_lr_ratio, args.device,
+                                desc="(b) fine-tune")
 
-    # Baseline: the same network from random weights, the same data and the same number of epochs.
-    budget, scratch_acc = args.head_epochs + args.finetune_epochs, None
+    # Baseline: the same network from random weights, the same images, as many epochs as (a) and (b).
     if not args.no_baseline:
-        torch.manual_seed(args.seed)
-        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(device)
-        histories["from scratch"] = h = train(scratch, target_train(), target_test, budget, args.lr, device,
-                                              desc="scratch")
-        scratch_acc = h["test_acc"][-1]
-        rows.append({"run": "from scratch (baseline)", "epochs": budget,
-                     "test accuracy": f"{scratch_acc:.1f}%", "time": f"{h['seconds']:.1f} s"})
+        torch.manual_seed(draw_seed)
+        scratch = resnet18(len(TARGET_CLASSES), args.algo).to(args.device)
+        histories[SCRATCH] = train(scratch, TensorLoader(xt, yt, args.target_batch_size, shuffle=True, seed=draw_seed),
+                                   target_test, args.head_epochs + args.finetune_epochs, args.lr, args.device,
+                                   desc="scratch")
+    return histories, model, xt_test[:1]
 
+
+def final_accuracy(history):
+    return history["test_acc"][-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
     source = {"pretrain": "the digits 0-4 checkpoint", "imagenet": "ImageNet weights"}.get(args.weights, args.weights)
-    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} images per class, "
-                  f"{args.size}x{args.size}, starting from {source}:", rows)
-    if scratch_acc is not None:
-        verdict = "beats" if transfer_acc > scratch_acc else "does NOT beat"
-        print(f"starting from {source} {verdict} starting from scratch: {transfer_acc:.1f}% vs {scratch_acc:.1f}% "
-              f"({transfer_acc - scratch_acc:+.1f} points) at the same budget of {budget} epochs")
+    curves, rows = {}, []
 
-    plot_curves(histories, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
+    checkpoint = args.weights
+    if args.weights == "pretrain":
+        curves["pretrain (digits 0-4)"], checkpoint = pretrain_on_source(args)
+        rows.append({"run": "pretrain on digits 0-4", "epochs": args.pretrain_epochs,
+                     "test accuracy": f"{final_accuracy(curves['pretrain (digits 0-4)']):.1f}%",
+                     "time": f"{curves['pretrain (digits 0-4)']['seconds']:.1f} s"})
     if args.weights == "imagenet":
-        plot_filters(model.conv1.weight, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
+        print("loading torchvision's ImageNet weights (downloads them on first use)")
+
+    def starting_model():
+        """The network the transfer starts from, and the input normalisation its weights expect."""
+        if args.weights == "imagenet":
+            model = resnet18(len(TARGET_CLASSES), args.algo, torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+            return model.to(args.device), (IMAGENET_MEAN, IMAGENET_STD)
+        model = resnet18(len(TARGET_CLASSES), args.algo)
+        normalisation = load_backbone(model, checkpoint)
+        return model.to(args.device), normalisation
+
+    # With two labelled images per class the result depends on which ones: repeat over several draws.
+    runs = {}
+    for draw in range(args.draws):
+        histories, model, sample = transfer_to_target(args, starting_model, args.seed + draw)
+        for name, history in histories.items():
+            runs.setdefault(name, []).append(history)
+        if draw == 0:  # the pictures show the first draw
+            shown_model, shown_input = model, sample
+            curves.update({name + (" (draw 1)" if args.draws > 1 else ""): h for name, h in histories.items()})
+
+    means = {name: sum(map(final_accuracy, hs)) / len(hs) for name, hs in runs.items()}
+    for name, hs in runs.items():
+        per_draw = " / ".join(f"{final_accuracy(h):.1f}" for h in hs)
+        label = f"{name}, lr {args.lr * args.finetune_lr_ratio:g}" if name == FINETUNE else name
+        rows.append({"run": label, "epochs": len(hs[0]["test_acc"]),
+                     "test accuracy": f"{means[name]:.1f}%" + (f" ({per_draw})" if len(hs) > 1 else ""),
+                     "time": f"{sum(h['seconds'] for h in hs):.1f} s"})
+    draws = f"mean of {args.draws} draws" if args.draws > 1 else "one draw"
+    print_summary(f"ResNet-18 (fastconv layers), digits 5-9 with {args.shots} labelled images per class, "
+                  f"{args.size}x{args.size}, starting from {source} ({draws} of the labelled images):", rows)
+    if SCRATCH in runs:
+        wins = sum(final_accuracy(t) > final_accuracy(s) for t, s in zip(runs[FINETUNE], runs[SCRATCH]))
+        verdict = "beats" if means[FINETUNE] > means[SCRATCH] else "does NOT beat"
+        print(f"starting from {source} {verdict} starting from scratch: {means[FINETUNE]:.1f}% vs "
+              f"{means[SCRATCH]:.1f}% ({means[FINETUNE] - means[SCRATCH]:+.1f} points; ahead in {wins} of "
+              f"{args.draws} draws) at the same budget of {args.head_epochs + args.finetune_epochs} epochs")
+
+    plot_curves(curves, os.path.join(args.out, "curves.png"), "ResNet-18: pretraining and transfer")
+    conv1 = shown_model.conv1.weight
+    if args.weights == "imagenet":
+        plot_filters(conv1, os.path.join(args.out, "filters.png"), "conv1: 64 filters of 7x7 (RGB)")
     else:  # grey digits copied to 3 channels: what a filter does is the sum of its three colour planes
-        plot_filters(model.conv1.weight.sum(1, keepdim=True), os.path.join(args.out, "filters.png"),
+        plot_filters(conv1.sum(1, keepdim=True), os.path.join(args.out, "filters.png"),
                      "conv1: 64 filters of 7x7, summed over RGB (the digits are grey)")
-    depths = [("conv1+relu", model.relu), ("layer1", model.layer1), ("layer2", model.layer2),
-              ("layer3", model.layer3), ("layer4", model.layer4)]
-    maps = capture_feature_maps(model, xt_test[:1].to(device), depths)
-    plot_feature_maps(xt_test[:1], maps, os.path.join(args.out, "feature_maps.png"),
+    depths = [("conv1+relu", shown_model.relu)] + [(name, getattr(shown_model, name))
+                                                   for name in ("layer1", "layer2", "layer3", "layer4")]
+    maps = capture_feature_maps(shown_model, shown_input.to(args.device), depths)
+    plot_feature_maps(shown_input, maps, os.path.join(args.out, "feature_maps.png"),
                       "fine-tuned ResNet-18: feature maps of one test image at each depth")
-    return {"transfer": transfer_acc, "scratch": scratch_acc, "checkpoint": checkpoint}
+    return {"transfer": means[FINETUNE], "scratch": means.get(SCRATCH), "checkpoint": checkpoint}
 
 
 if __name__ == "__main__":

@@ -171,13 +171,24 @@ ARCHITECTURES = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """torch's own float64 grouped convolution (the reference here) runs one small parallel region per
+    group and image; on a busy 2-core machine two threads then wait on each other for tens of seconds
+    per MobileNetV2 pass, against 0.05 s on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _seeded(fn, *args):
     torch.manual_seed(7)  # the same dropout / stochastic-depth masks for both models
     return fn(*args)
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_torchvision_model_same_outputs_and_gradients(arch):
+def test_torchvision_model_same_outputs_and_gradients(arch, one_thread):
     builder, size = ARCHITECTURES[arch]
     torch.manual_seed(0)
     model = builder(num_classes=10).double()
