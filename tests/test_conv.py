@@ -26,7 +26,7 @@ CONV2D_CASES = [
     (1, 1, 1, 1, 1, 1, 1, 0, 1, 1, True),
     (1, 3, 6, 6, 2, 6, 1, 0, 1, 1, False),         # kernel covers the whole input
     # Enough output channels per group for the register-blocked direct kernels (vectors of channels),
-    # and planes of >= 128 pixels, where algo="auto" picks them.
+    # and planes large enough for their pixel tiles.
     (2, 8, 16, 17, 20, 3, 1, 1, 1, 1, True),
     (1, 6, 25, 21, 33, 3, 2, 2, 2, 1, False),
     (2, 32, 12, 13, 32, 3, 1, 1, 1, 2, True),
@@ -396,3 +396,17 @@ print(fastconv.build_info()["cpu_isa"])
     assert result.returncode == 0, result.stderr
     # The forced ISA is used unless the CPU lacks it (then the widest it supports is).
     assert result.stdout.strip().splitlines()[-1] in {isa, "avx2", "baseline"}
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_im2col_merges_small_planes_across_images(groups):
+    # 10x10 outputs: the im2col forward merges about 1024 / 100 = 11 images per GEMM, so a batch of 13
+    # runs one merged GEMM and a partial one; a batch of 1 runs unmerged.
+    for batch in (13, 1):
+        x, w, b = _make((batch, 4, 12, 12), (6, 4 // groups, 3, 3), 6, True, torch.float64)
+        expected = F.conv2d(x, w, b, groups=groups)
+        got = FC.conv2d(x, w, b, groups=groups, algo="im2col")
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        for ours, theirs in zip(torch.autograd.grad(got, (x, w, b), torch.ones_like(got)),
+                                torch.autograd.grad(expected, (x, w, b), torch.ones_like(expected))):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)

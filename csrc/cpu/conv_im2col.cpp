@@ -96,46 +96,82 @@ at::Tensor columns_of(const ConvGeometry& g, const at::Tensor& input_group, int6
   return col;
 }
 
-// The column matrix of one image and group, produced strip by strip straight from the input while the
-// GEMM packs B (implicit im2col): the forward pass never materialises the column buffer.
+// Widest B strip a micro-kernel asks for (AVX-512: 2 x 16 floats; 2 x 8 doubles).
+constexpr int64_t kMaxStripColumns = 64;
+
+// The column matrix of one group over one or more consecutive images (columns image-major: all output
+// pixels of the first image, then of the next), produced strip by strip straight from the input while
+// the GEMM packs B (implicit im2col): the forward pass never materialises the column buffer.
 template <typename T>
 struct ImplicitColumns final : BPacker<T> {
   const ConvGeometry& g;
-  const T* in;  // the group's input channels of one image, each an in_h x in_w plane
-  ImplicitColumns(const ConvGeometry& geometry, const T* input) : g(geometry), in(input) {}
+  const T* in;           // the group's input channels of the first image, each an in_h x in_w plane
+  int64_t image_stride;  // elements from one image's input to the next one's
+  ImplicitColumns(const ConvGeometry& geometry, const T* input, int64_t image_stride_)
+      : g(geometry), in(input), image_stride(image_stride_) {}
 
   void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, int64_t nr, T* out) const override {
+    // The strip's columns split into output-row segments once; every row p below reuses the split.
+    struct Segment {
+      int64_t j, len, image_offset, oh, ow;
+    };
+    Segment segments[kMaxStripColumns];
+    int64_t n_segments = 0;
+    const int64_t out_plane = g.out_h * g.out_w;
+    TORCH_INTERNAL_ASSERT(cols <= kMaxStripColumns);
+    for (int64_t j = 0; j < cols;) {
+      const int64_t column = j0 + j, image = column / out_plane, pixel = column % out_plane;
+      const int64_t oh = pixel / g.out_w, ow = pixel % g.out_w;
+      const int64_t len = std::min(cols - j, g.out_w - ow);
+      segments[n_segments++] = Segment{j, len, image * image_stride, oh, ow};
+      j += len;
+    }
     const int64_t taps = g.kernel_h * g.kernel_w;
     for (int64_t p = p0; p < p0 + kc; ++p) {
       const int64_t c = p / taps, ki = (p % taps) / g.kernel_w, kj = p % g.kernel_w;
-      const T* plane = in + c * g.in_h * g.in_w;
       const OutputRange ow_ok = valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kj * g.dil_w);
+      const T* channel = in + c * g.in_h * g.in_w - g.pad_w + kj * g.dil_w;
       T* dst = out + (p - p0) * nr;
-      int64_t oh = (j0 / g.out_w), ow = j0 % g.out_w;
-      for (int64_t j = 0; j < cols; oh += 1, ow = 0) {
-        const int64_t seg = std::min(cols - j, g.out_w - ow);
-        const int64_t ih = oh * g.stride_h - g.pad_h + ki * g.dil_h;
+      for (int64_t s = 0; s < n_segments; ++s) {
+        const Segment& sg = segments[s];
+        T* d = dst + sg.j;
+        const int64_t ih = sg.oh * g.stride_h - g.pad_h + ki * g.dil_h;
         if (ih < 0 || ih >= g.in_h) {
-          std::fill(dst + j, dst + j + seg, T(0));
-        } else {
-          // Output columns [ow, ow + seg): zero left of ow_ok.lo, input in range, zero from ow_ok.hi.
-          const int64_t lo = std::clamp<int64_t>(ow_ok.lo - ow, 0, seg);
-          const int64_t hi = std::clamp<int64_t>(ow_ok.hi - ow, lo, seg);
-          const T* src = plane + ih * g.in_w - g.pad_w + kj * g.dil_w;
-          std::fill(dst + j, dst + j + lo, T(0));
-          if (g.stride_w == 1) {
-            std::memcpy(dst + j + lo, src + ow + lo, (hi - lo) * sizeof(T));
-          } else {
-            for (int64_t q = lo; q < hi; ++q) dst[j + q] = src[(ow + q) * g.stride_w];
-          }
-          std::fill(dst + j + hi, dst + j + seg, T(0));
+          std::fill(d, d + sg.len, T(0));
+          continue;
         }
-        j += seg;
+        // Output columns [ow, ow + len): zero left of ow_ok.lo, input in range, zero from ow_ok.hi.
+        const int64_t lo = std::clamp<int64_t>(ow_ok.lo - sg.ow, 0, sg.len);
+        const int64_t hi = std::clamp<int64_t>(ow_ok.hi - sg.ow, lo, sg.len);
+        const T* src = channel + sg.image_offset + ih * g.in_w;
+        std::fill(d, d + lo, T(0));
+        if (g.stride_w == 1) {
+          std::memcpy(d + lo, src + sg.ow + lo, (hi - lo) * sizeof(T));
+        } else {
+          for (int64_t q = lo; q < hi; ++q) d[q] = src[(sg.ow + q) * g.stride_w];
+        }
+        std::fill(d + hi, d + sg.len, T(0));
       }
       std::fill(dst + cols, dst + nr, T(0));
     }
   }
 };
+
+// Images whose columns go into one forward GEMM. A GEMM packs its weight operand once per call, which
+// for a small output plane (ResNet's 7x7 layer4) costs as much as the product itself: such images are
+// merged until the GEMM has about kMergedColumns columns, its result staged in a buffer bounded by
+// kMergedOutputBytes and by the workspace cap.
+constexpr int64_t kMergedColumns = 1024;
+constexpr int64_t kMergedOutputBytes = int64_t(8) << 20;
+
+int64_t images_per_forward_gemm(const ConvGeometry& g, int64_t element_size) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  if (g.batch < 2 || out_plane == 0 || out_plane >= kMergedColumns / 2) return 1;
+  const int64_t by_columns = (kMergedColumns + out_plane - 1) / out_plane;
+  const int64_t staging_cap = std::min(kMergedOutputBytes, im2col_workspace_limit_bytes());
+  const int64_t by_bytes = staging_cap / std::max<int64_t>(1, g.out_channels_per_group() * out_plane * element_size);
+  return std::clamp<int64_t>(std::min(by_columns, by_bytes), 1, g.batch);
+}
 
 // out (= or +=) a @ b on 2-D strided views, through fastconv's own GEMM. out's rows must be unit-stride.
 void matmul_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
@@ -165,33 +201,53 @@ int64_t im2col_workspace_limit_bytes() {
 }
 
 int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
-  // GEMM packing buffers, plus the column buffer the backward pass unrolls into (the forward pass
-  // packs its columns straight from the input and needs none).
-  const int64_t packing = gemm_workspace_bytes(g.out_channels_per_group(), g.out_h * g.out_w, g.col_rows(),
-                                               element_size);
-  if (g.is_pointwise_unit()) return packing;
-  return packing + g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
+  // The larger of the two passes. Forward: GEMM packing buffers, plus the staging buffer of merged small
+  // images (its columns are packed straight from the input). Backward: packing buffers plus the column
+  // buffer it unrolls into.
+  const int64_t cout_g = g.out_channels_per_group(), out_plane = g.out_h * g.out_w;
+  const int64_t merge = images_per_forward_gemm(g, element_size);
+  const int64_t forward = gemm_workspace_bytes(cout_g, merge * out_plane, g.col_rows(), element_size) +
+                          (merge > 1 ? cout_g * merge * out_plane * element_size : 0);
+  int64_t backward = gemm_workspace_bytes(cout_g, out_plane, g.col_rows(), element_size);
+  if (!g.is_pointwise_unit()) backward += g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
+  return std::max(forward, backward);
 }
 
 at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t out_plane = g.out_h * g.out_w, image_size = g.in_channels * g.in_h * g.in_w;
+  const int64_t merge = images_per_forward_gemm(g, input.element_size());
   const at::Tensor weight_2d = weight.view({g.groups, cout_g, g.col_rows()});
+  at::Tensor staged = merge > 1 ? at::empty({cout_g * merge * out_plane}, input.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "im2col_conv2d_forward", [&] {
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* w = weight_2d.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t n0 = 0; n0 < g.batch; n0 += merge) {
+      const int64_t images = std::min(merge, g.batch - n0);
       for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const scalar_t* in_group = in + (n * g.in_channels + grp * cin_g) * g.in_h * g.in_w;
+        const scalar_t* in_group = in + n0 * image_size + grp * cin_g * g.in_h * g.in_w;
         const scalar_t* w_group = w + grp * cout_g * g.col_rows();
-        scalar_t* out_group = o + (n * g.out_channels + grp * cout_g) * out_plane;
-        if (g.is_pointwise_unit()) {  // the input plane already is the column matrix
+        scalar_t* out_group = o + (n0 * g.out_channels + grp * cout_g) * out_plane;
+        if (merge > 1) {
+          // One GEMM over `images` images into the staging buffer, then each image's rows to its place.
+          const int64_t cols = images * out_plane;
+          scalar_t* st = staged.mutable_data_ptr<scalar_t>();
+          const ImplicitColumns<scalar_t> columns(g, in_group, image_size);
+          gemm_packed_b<scalar_t>(cout_g, cols, g.col_rows(), w_group, g.col_rows(), 1, columns, st, cols, false);
+          at::parallel_for(0, cout_g * images, 64, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
+              const int64_t co = r / images, image = r % images;
+              std::memcpy(out_group + (image * g.out_channels + co) * out_plane, st + co * cols + image * out_plane,
+                          out_plane * sizeof(scalar_t));
+            }
+          });
+        } else if (g.is_pointwise_unit()) {  // the input plane already is the column matrix
           gemm<scalar_t>(cout_g, out_plane, cin_g, w_group, cin_g, 1, in_group, out_plane, 1, out_group, out_plane,
                          false);
         } else {
-          const ImplicitColumns<scalar_t> columns(g, in_group);
+          const ImplicitColumns<scalar_t> columns(g, in_group, image_size);
           gemm_packed_b<scalar_t>(cout_g, out_plane, g.col_rows(), w_group, g.col_rows(), 1, columns, out_group,
                                   out_plane, false);
         }

@@ -353,8 +353,31 @@ void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const
   });
 }
 
+// Global average (a 1 x 1 adaptive output, ResNet's last pooling): one mean per contiguous plane. Sixteen
+// running sums in a fixed order vectorise without reassociating, so the result does not depend on the
+// thread count.
+template <typename scalar_t>
+void global_avg_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+  constexpr int64_t kLanes = 16;
+  const int64_t size = g.in_plane();
+  at::parallel_for(0, g.planes, grain_for(size), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* plane = in + p * size;
+      scalar_t lanes[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= size; i += kLanes)
+        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += plane[i + l];
+      for (int64_t l = 0; i < size; ++i, ++l) lanes[l] += plane[i];
+      scalar_t sum = 0;
+      for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+      out[p] = sum / static_cast<scalar_t>(size);
+    }
+  });
+}
+
 template <typename scalar_t>
 void adaptive_avg_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+  if (g.out_h == 1 && g.out_w == 1) return global_avg_forward_kernel(g, in, out);
   const AdaptiveWindows win(g);
   const AdaptiveAvgArgs<scalar_t> args{&g, AdaptiveWindowView(win), in, out};
   at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * win.largest_window()), [&](int64_t r0, int64_t r1) {
@@ -583,6 +606,17 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
+  if (g.out_h == 1 && g.out_w == 1) {  // global average: every input element gets its plane's share
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "global_avg_pool2d_backward", [&] {
+      const scalar_t* go = grad_output_c.const_data_ptr<scalar_t>();
+      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+      const int64_t size = g.in_plane();
+      at::parallel_for(0, g.planes, grain_for(size), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) std::fill(gi + p * size, gi + (p + 1) * size, go[p] / scalar_t(size));
+      });
+    });
+    return grad_input;
+  }
   at::Tensor scaled = at::empty(grad_output_c.sizes(), grad_output_c.options());
   const AdaptiveWindows win(g);
   const AxisReaders readers_h = AxisReaders::adaptive(g.in_h, g.out_h);
