@@ -32,6 +32,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+# A relative interpreter path (make passes .venv/bin/python) must survive the cd into the build copy.
+if [[ $PY == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 OUT="${SANITIZE_DIR:-$ROOT/build/sanitize}"
 SRC="$OUT/src"
 CXX_BIN="${CXX:-c++}"
@@ -74,7 +76,8 @@ SAN_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 built=$(date +%s)
 
 SO="$(ls "$SRC"/fastconv/_C*.so)"
-if ! ldd "$SO" | grep -q libasan; then
+# grep reads all of ldd's output (grep -q would stop early, and ldd's SIGPIPE then fails the pipeline).
+if ! ldd "$SO" | grep libasan >/dev/null; then
   echo "sanitize_cpu.sh: $SO does not link libasan: the sanitizer flags did not reach the compiler" >&2
   exit 1
 fi

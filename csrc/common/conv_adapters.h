@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <array>
 #include <optional>
@@ -56,6 +57,54 @@ using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Empty placeholder for a gradient that the output mask did not ask for.
 inline at::Tensor unused_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// conv2d_backward for one device: argument checks, the algorithm of each gradient ("auto" may split them
+// between the two), empty problems, and the bias gradient. The device supplies its two backward
+// algorithms and its bias-gradient reduction; the caller holds any device guard.
+template <typename Im2colBackward, typename DirectBackward, typename GradBias>
+ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                    int64_t groups, std::array<bool, 3> output_mask, const std::string& algo,
+                                    bool on_cuda, Im2colBackward im2col_backward, DirectBackward direct_backward,
+                                    GradBias bias_backward) {
+  const char* op = "conv2d_backward";
+  const ConvGeometry g = check_conv(op, 2, input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvAlgo input_algo = parse_conv_algo(op, algo, g, ConvPass::BackwardInput, on_cuda);
+  const ConvAlgo weight_algo = parse_conv_algo(op, algo, g, ConvPass::BackwardWeight, on_cuda);
+  check_conv_grad_output(op, g, grad_output, 2);
+  check_same_device(op, "grad_output", grad_output, "input", input);
+  check_float_dtype(op, input, on_cuda);
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype (",
+              grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
+  // The ATen calls below are implementation detail, never autograd history.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor grad_output_c = grad_output.contiguous();
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor weight_c = weight.contiguous();
+
+  at::Tensor grad_input, grad_weight;
+  if (g.is_empty()) {
+    if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
+    if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
+  } else {
+    for (const ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
+      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
+                                        output_mask[1] && weight_algo == which, false};
+      if (!mask[0] && !mask[1]) continue;
+      auto [gi, gw, unused] = which == ConvAlgo::Im2col ? im2col_backward(g, grad_output_c, input_c, weight_c, mask)
+                                                        : direct_backward(g, grad_output_c, input_c, weight_c, mask);
+      if (mask[0]) grad_input = gi;
+      if (mask[1]) grad_weight = gw;
+    }
+  }
+  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
+  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
+                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
+                                              : bias_backward(grad_output_c);
+  if (!output_mask[0]) grad_input = unused_grad(input);
+  if (!output_mask[1]) grad_weight = unused_grad(input);
+  return {grad_input, grad_weight, grad_bias};
+}
 
 // conv1d through a 2-D kernel: (N, C, L) -> (N, C, 1, L), parameters get a leading unit entry.
 template <typename Conv2dFn>

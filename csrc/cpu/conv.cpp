@@ -59,43 +59,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                               c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  ConvGeometry g = check_conv("conv2d_backward", 2, input, weight, std::nullopt, stride, padding, dilation, groups);
-  const ConvAlgo input_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardInput, false);
-  const ConvAlgo weight_algo = parse_conv_algo("conv2d_backward", algo, g, ConvPass::BackwardWeight, false);
-  check_conv_grad_output("conv2d_backward", g, grad_output, 2);
-  check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
-  check_float_dtype("conv2d_backward", input, false);
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "conv2d_backward: grad_output dtype (",
-              grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
-  const at::Tensor grad_output_c = grad_output.contiguous();
-  const at::Tensor input_c = input.contiguous();
-  const at::Tensor weight_c = weight.contiguous();
-
-  at::Tensor grad_input, grad_weight;
-  if (g.is_empty()) {
-    if (output_mask[0]) grad_input = at::zeros(input.sizes(), input.options());
-    if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  } else {
-    // Each algorithm computes the gradients assigned to it ("auto" may split them between the two).
-    for (ConvAlgo which : {ConvAlgo::Im2col, ConvAlgo::Direct}) {
-      const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
-                                        output_mask[1] && weight_algo == which, false};
-      if (!mask[0] && !mask[1]) continue;
-      auto [gi, gw, unused] = which == ConvAlgo::Im2col
-                                  ? im2col_conv2d_backward(g, grad_output_c, input_c, weight_c, mask)
-                                  : direct_conv2d_backward(g, grad_output_c, input_c, weight_c, mask);
-      if (mask[0]) grad_input = gi;
-      if (mask[1]) grad_weight = gw;
-    }
-  }
-  // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
-  at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
-                         : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
-                                              : conv_grad_bias(grad_output_c);
-  if (!output_mask[0]) grad_input = unused_grad(input);
-  if (!output_mask[1]) grad_weight = unused_grad(input);
-  return {grad_input, grad_weight, grad_bias};
+  return conv2d_backward_on_device(grad_output, input, weight, stride, padding, dilation, groups, output_mask, algo,
+                                   /*on_cuda=*/false, im2col_conv2d_backward, direct_conv2d_backward,
+                                   conv_grad_bias);
 }
 
 at::Tensor conv1d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
