@@ -1,8 +1,8 @@
-"""Python glue for every fastconv operator: fake (meta) kernels and autograd, in one place.
+"""Fake (meta) kernels for every fastconv operator: output shapes for torch.compile and meta tensors.
 
-The compiled module fastconv._C registers the schemas (csrc/ops.cpp) and the CPU/CUDA kernels.
-Here each forward op gets a fake kernel (output shapes for torch.compile and meta tensors) and an
-autograd formula that calls its separate backward op; each backward op gets a fake kernel too.
+The compiled module fastconv._C registers the schemas (csrc/ops.cpp), the CPU/CUDA kernels and the
+autograd of every op (csrc/autograd.cpp: each forward op calls its separate backward op; the backward
+ops are not differentiable again).
 """
 import torch
 
@@ -39,31 +39,9 @@ def _conv_backward_fake(grad_output, input, weight, stride, padding, dilation, g
     return grad_input, grad_weight, grad_bias
 
 
-def _conv_setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups, algo = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.conv_params = (stride, padding, dilation, groups)
-    ctx.algo = algo
-    ctx.has_bias = bias is not None
-
-
-def _conv_autograd(backward_op):
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grads = backward_op(grad_output, input, weight, *ctx.conv_params, mask, ctx.algo)
-        grad_input, grad_weight, grad_bias = (g if m else None for g, m in zip(grads, mask))
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None
-
-    return backward
-
-
 for _dims, _fwd, _bwd in ((1, "conv1d", "conv1d_backward"), (2, "conv2d", "conv2d_backward")):
     torch.library.register_fake(f"fastconv::{_fwd}")(_conv_fake(_dims))
     torch.library.register_fake(f"fastconv::{_bwd}")(_conv_backward_fake)
-    torch.library.register_autograd(
-        f"fastconv::{_fwd}", _conv_autograd(getattr(ops, _bwd)), setup_context=_conv_setup_context
-    )
 
 
 @torch.library.register_fake("fastconv::conv2d_workspace_bytes")
@@ -93,21 +71,6 @@ def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, 
     return input.new_empty(input.shape)
 
 
-def _max_pool2d_setup_context(ctx, inputs, output):
-    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
-    ctx.save_for_backward(input, output[1])
-    ctx.pool_params = (kernel_size, stride, padding, dilation, ceil_mode)
-
-
-def _max_pool2d_backward(ctx, grad_output, _grad_indices):
-    input, indices = ctx.saved_tensors
-    grad_input = ops.max_pool2d_backward(grad_output, input, indices, *ctx.pool_params)
-    return grad_input, None, None, None, None, None
-
-
-torch.library.register_autograd("fastconv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context)
-
-
 @torch.library.register_fake("fastconv::avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     out_h = pooling_output_size(input.shape[-2], kernel_size[0], padding[0], stride[0], 1, ceil_mode)
@@ -121,21 +84,6 @@ def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, 
     return input.new_empty(input.shape)
 
 
-def _avg_pool2d_setup_context(ctx, inputs, output):
-    input, *params = inputs
-    ctx.save_for_backward(input)
-    ctx.pool_params = params
-
-
-def _avg_pool2d_backward(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    grad_input = ops.avg_pool2d_backward(grad_output, input, *ctx.pool_params)
-    return (grad_input,) + (None,) * len(ctx.pool_params)
-
-
-torch.library.register_autograd("fastconv::avg_pool2d", _avg_pool2d_backward, setup_context=_avg_pool2d_setup_context)
-
-
 @torch.library.register_fake("fastconv::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
     return input.new_empty(_pooled_shape(input, output_size[0], output_size[1]))
@@ -144,20 +92,6 @@ def _adaptive_avg_pool2d_fake(input, output_size):
 @torch.library.register_fake("fastconv::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return input.new_empty(input.shape)
-
-
-def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _adaptive_avg_pool2d_backward(ctx, grad_output):
-    (input,) = ctx.saved_tensors
-    return ops.adaptive_avg_pool2d_backward(grad_output, input), None
-
-
-torch.library.register_autograd(
-    "fastconv::adaptive_avg_pool2d", _adaptive_avg_pool2d_backward, setup_context=_adaptive_avg_pool2d_setup_context
-)
 
 
 @torch.library.register_fake("fastconv::adaptive_max_pool2d")
@@ -169,44 +103,3 @@ def _adaptive_max_pool2d_fake(input, output_size):
 @torch.library.register_fake("fastconv::adaptive_max_pool2d_backward")
 def _adaptive_max_pool2d_backward_fake(grad_output, input, indices):
     return input.new_empty(input.shape)
-
-
-def _adaptive_max_pool2d_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], output[1])
-
-
-def _adaptive_max_pool2d_backward(ctx, grad_output, _grad_indices):
-    input, indices = ctx.saved_tensors
-    return ops.adaptive_max_pool2d_backward(grad_output, input, indices), None
-
-
-torch.library.register_autograd(
-    "fastconv::adaptive_max_pool2d", _adaptive_max_pool2d_backward, setup_context=_adaptive_max_pool2d_setup_context
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# Backward ops are not differentiable themselves: a second derivative raises instead of being
-# silently wrong.
-# ----------------------------------------------------------------------------------------------
-
-
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"fastconv::{name} is not differentiable: gradients of gradients (double backward) through "
-            f"fastconv are not supported; use torch.nn.functional for that computation"
-        )
-
-    def setup_context(ctx, inputs, output):
-        pass
-
-    return backward, setup_context
-
-
-for _name in (
-    "conv1d_backward", "conv2d_backward", "max_pool2d_backward", "avg_pool2d_backward",
-    "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward",
-):
-    _bw, _setup = _no_double_backward(_name)
-    torch.library.register_autograd(f"fastconv::{_name}", _bw, setup_context=_setup)

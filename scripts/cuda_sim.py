@@ -2,7 +2,7 @@
 
     python scripts/cuda_sim.py [--asan] [pytest arguments]      # default: tests/test_cuda.py -q
 
-Compiles csrc/ops.cpp and csrc/cuda/*.cu as C++ with FASTCONV_CUDA_SIM (csrc/cuda/cuda_sim.h stands in
+Compiles csrc/ops.cpp, csrc/autograd.cpp and csrc/cuda/*.cu as C++ with FASTCONV_CUDA_SIM (csrc/cuda/cuda_sim.h stands in
 for the CUDA runtime; kernels register for CPU instead of CUDA) into build/cuda_sim/, loads that library
 in place of fastconv._C, and runs pytest: tests/test_cuda.py then exercises the CUDA kernels on CPU
 tensors. Slow (every GPU thread is a coroutine), so the tests keep their shapes small. For development on
@@ -24,7 +24,7 @@ ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
 
 def _sources():
     cuda_dir = os.path.join(ROOT, "csrc", "cuda")
-    return [os.path.join(ROOT, "csrc", "ops.cpp")] + sorted(
+    return [os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "autograd.cpp")] + sorted(
         os.path.join(cuda_dir, f) for f in os.listdir(cuda_dir) if f.endswith(".cu")
     )
 
