@@ -83,12 +83,16 @@ def _extension():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=fast"]  # torch picks the C++ standard its headers need
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is an OpenMP region compiled into the caller: without -fopenmp every kernel
+        # runs on one thread. The library it needs (libgomp.so.1) is the one torch already loads.
+        cxx_flags.append("-fopenmp")
     define_macros = [("Py_LIMITED_API", "0x030A0000")]
     include_dirs = [os.path.join(ROOT, "csrc")]
     # Link the shared libstdc++ that torch itself uses, even where the compiler is set up to link it
     # statically (-static-libstdc++): a second copy of the C++ runtime inside the extension keeps its own
     # locale tables, and then formatting a number into an error message prints garbage or crashes.
-    link_args = ["-l:libstdc++.so.6"] if sys.platform.startswith("linux") else []
+    link_args = ["-l:libstdc++.so.6", "-fopenmp"] if sys.platform.startswith("linux") else []
     if not use_cuda:
         return CppExtension(
             "fastconv._C", sources, include_dirs=include_dirs, define_macros=define_macros,

@@ -16,7 +16,6 @@
 // vectorises. In the backward pass an input-gradient plane or a weight tap is owned by one thread and
 // summed in a fixed order, so it is deterministic.
 #include <ATen/Parallel.h>
-#include <ATen/AccumulateType.h>
 
 #include <algorithm>
 #include <cstring>
@@ -80,9 +79,8 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
-  using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
   at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
-    FASTCONV_CALL_PLANES(grad_weight_rows<scalar_t, acc_t>(g, go, in, gw, p0, p1));
+    FASTCONV_CALL_PLANES(grad_weight_rows<scalar_t>(g, go, in, gw, p0, p1));
   });
 }
 
