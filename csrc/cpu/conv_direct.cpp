@@ -63,8 +63,32 @@ namespace {
 #define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
 #endif
 
+// Whether the plane forward runs on zero-padded input copies (planes_*::forward_planes_padded): stride 1,
+// at most 64 taps, and a padding in proportion with the plane (a huge one keeps the row kernels, which
+// never materialise it). In doubles: padded sizes of huge paddings do not fit int64.
+bool plane_forward_uses_padding(const ConvGeometry& g) {
+  if (g.stride_h != 1 || g.stride_w != 1 || g.kernel_h * g.kernel_w > 64) return false;
+  const double padded = (double(g.in_h) + 2.0 * double(g.pad_h)) * (double(g.in_w) + 2.0 * double(g.pad_w));
+  return padded <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
+}
+
+// Elements of one thread's scratch in forward_planes_padded: the group's padded input planes and one
+// output grid.
+int64_t plane_scratch_elements(const ConvGeometry& g) {
+  return g.in_channels_per_group() * planes_baseline::padded_plane_elements(g) + g.out_h * (g.in_w + 2 * g.pad_w) +
+         planes_baseline::kPaddedChunk;
+}
+
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
+  if (plane_forward_uses_padding(g)) {
+    const int64_t scratch_size = plane_scratch_elements(g);
+    at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<scalar_t> scratch(scratch_size);
+      FASTCONV_CALL_PLANES(forward_planes_padded<scalar_t>(g, in, w, out, p0, p1, scratch.data()));
+    });
+    return;
+  }
   at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
     FASTCONV_CALL_PLANES(forward_planes<scalar_t>(g, in, w, out, p0, p1));
   });
@@ -229,14 +253,37 @@ ConvGeometry transposed_geometry(const ConvGeometry& g) {
   return t;
 }
 
-at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+// The weights of the transposed convolution: flipped in space, input and output channels swapped.
+at::Tensor flipped_transposed_weight(const ConvGeometry& g, const at::Tensor& weight) {
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const at::Tensor flipped = weight.view({g.groups, cout_g, cin_g, g.kernel_h, g.kernel_w})
-                                 .transpose(1, 2)
-                                 .flip({3, 4})
-                                 .reshape({g.in_channels, cout_g, g.kernel_h, g.kernel_w})
-                                 .contiguous();
-  return blocked_forward(transposed_geometry(g), grad_output, flipped);
+  return weight.view({g.groups, cout_g, cin_g, g.kernel_h, g.kernel_w})
+      .transpose(1, 2)
+      .flip({3, 4})
+      .reshape({g.in_channels, cout_g, g.kernel_h, g.kernel_w})
+      .contiguous();
+}
+
+at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+  return blocked_forward(transposed_geometry(g), grad_output, flipped_transposed_weight(g, weight));
+}
+
+// Depthwise and narrow groups at stride 1: the input gradient through the plane forward kernel on the
+// transposed geometry (its padded-grid path) instead of scattering tap by tap.
+bool plane_grad_input_as_forward(const ConvGeometry& g) {
+  if (g.stride_h != 1 || g.stride_w != 1) return false;
+  const ConvGeometry t = transposed_geometry(g);
+  return t.pad_h >= 0 && t.pad_w >= 0 && plane_forward_uses_padding(t);
+}
+
+at::Tensor plane_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+  const ConvGeometry t = transposed_geometry(g);
+  const at::Tensor flipped = flipped_transposed_weight(g, weight);
+  at::Tensor grad_input = at::empty(t.output_sizes(), grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "plane_grad_input", [&] {
+    forward_kernel<scalar_t>(t, grad_output.const_data_ptr<scalar_t>(), flipped.const_data_ptr<scalar_t>(),
+                             grad_input.mutable_data_ptr<scalar_t>());
+  });
+  return grad_input;
 }
 
 }  // namespace
@@ -259,7 +306,13 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
 }
 
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
-  if (!direct_uses_blocked_kernel(g, element_size)) return 0;
+  if (!direct_uses_blocked_kernel(g, element_size)) {
+    // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
+    // a forward on the transposed geometry).
+    int64_t most = plane_forward_uses_padding(g) ? plane_scratch_elements(g) : 0;
+    if (plane_grad_input_as_forward(g)) most = std::max(most, plane_scratch_elements(transposed_geometry(g)));
+    return most * element_size * at::get_num_threads();
+  }
   // The zero-padded channels-last input copy and the packed weights.
   const int64_t nr = element_size == 4 ? micro_kernels<float>().nr : micro_kernels<double>().nr;
   const int64_t blocks = (g.out_channels_per_group() + nr - 1) / nr;
@@ -286,6 +339,9 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   const int64_t element_size = input.element_size();
   if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
     grad_input = blocked_grad_input(g, grad_output, weight);
+    output_mask[0] = false;
+  } else if (output_mask[0] && plane_grad_input_as_forward(g)) {
+    grad_input = plane_grad_input(g, grad_output, weight);
     output_mask[0] = false;
   }
   if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
