@@ -104,8 +104,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
   if (plane_forward_uses_padding(g)) {
-    const int64_t scratch_size = planes_baseline::padded_plane_elements(g) + g.out_h * (g.in_w + 2 * g.pad_w) +
-                                 planes_baseline::kPaddedChunk;
+    const int64_t scratch_size = planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w;
     at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
       FASTCONV_CALL_PLANES(grad_weight_rows_padded<scalar_t>(g, go, in, gw, p0, p1, scratch.data()));
