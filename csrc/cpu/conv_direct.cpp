@@ -63,13 +63,18 @@ namespace {
 #define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
 #endif
 
-// Whether the plane forward runs on zero-padded input copies (planes_*::forward_planes_padded): stride 1,
-// at most 64 taps, and a padding in proportion with the plane (a huge one keeps the row kernels, which
-// never materialise it). In doubles: padded sizes of huge paddings do not fit int64.
-bool plane_forward_uses_padding(const ConvGeometry& g) {
-  if (g.stride_h != 1 || g.stride_w != 1 || g.kernel_h * g.kernel_w > 64) return false;
+// Whether the plane kernels may work on zero-padded input copies: at most 64 taps, and a padding in
+// proportion with the plane (a huge one keeps the row kernels, which never materialise it). In doubles:
+// padded sizes of huge paddings do not fit int64. The forward (planes_*::forward_planes_padded) also
+// needs stride 1; the weight gradient (grad_weight_rows_padded) takes any stride.
+bool padding_in_proportion(const ConvGeometry& g) {
+  if (g.kernel_h * g.kernel_w > 64) return false;
   const double padded = (double(g.in_h) + 2.0 * double(g.pad_h)) * (double(g.in_w) + 2.0 * double(g.pad_w));
   return padded <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
+}
+
+bool plane_forward_uses_padding(const ConvGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && padding_in_proportion(g);
 }
 
 // Elements of one thread's scratch in forward_planes_padded: the group's padded input planes and one
@@ -103,7 +108,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
-  if (plane_forward_uses_padding(g)) {
+  if (padding_in_proportion(g)) {
     const int64_t scratch_size = planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w;
     at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
@@ -318,6 +323,8 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
     // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
     // a forward on the transposed geometry).
     int64_t most = plane_forward_uses_padding(g) ? plane_scratch_elements(g) : 0;
+    if (padding_in_proportion(g))  // the weight gradient's padded input plane and gathered window
+      most = std::max(most, planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w);
     if (plane_grad_input_as_forward(g)) most = std::max(most, plane_scratch_elements(transposed_geometry(g)));
     return most * element_size * at::get_num_threads();
   }
