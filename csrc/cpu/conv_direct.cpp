@@ -64,13 +64,17 @@ namespace {
 #endif
 
 // Whether the plane kernels may work on zero-padded input copies: at most 64 taps, and a padding in
-// proportion with the plane (a huge one keeps the row kernels, which never materialise it). In doubles:
-// padded sizes of huge paddings do not fit int64. The forward (planes_*::forward_planes_padded) also
+// proportion with the plane (a huge one keeps the row kernels, which never materialise it). The forward (planes_*::forward_planes_padded) also
 // needs stride 1; the weight gradient (grad_weight_rows_padded) takes any stride.
-bool padding_in_proportion(const ConvGeometry& g) {
-  if (g.kernel_h * g.kernel_w > 64) return false;
+// The zero-padded plane is at most 4x the plane plus `slack` elements. In doubles: the padded sizes of
+// huge paddings (of a transposed geometry too) do not fit int64.
+bool padded_plane_in_proportion(const ConvGeometry& g, double slack) {
   const double padded = (double(g.in_h) + 2.0 * double(g.pad_h)) * (double(g.in_w) + 2.0 * double(g.pad_w));
-  return padded <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
+  return padded <= 4.0 * double(g.in_h) * double(g.in_w) + slack;
+}
+
+bool padding_in_proportion(const ConvGeometry& g) {
+  return g.kernel_h * g.kernel_w <= 64 && padded_plane_in_proportion(g, 4096.0);
 }
 
 bool plane_forward_uses_padding(const ConvGeometry& g) {
@@ -82,6 +86,11 @@ bool plane_forward_uses_padding(const ConvGeometry& g) {
 int64_t plane_scratch_elements(const ConvGeometry& g) {
   return g.in_channels_per_group() * planes_baseline::padded_plane_elements(g) + g.out_h * (g.in_w + 2 * g.pad_w) +
          planes_baseline::kPaddedChunk;
+}
+
+// Elements of one thread's scratch in grad_weight_rows_padded: a padded input plane and one gathered window.
+int64_t weight_grad_scratch_elements(const ConvGeometry& g) {
+  return planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w;
 }
 
 template <typename scalar_t>
@@ -109,7 +118,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
   if (padding_in_proportion(g)) {
-    const int64_t scratch_size = planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w;
+    const int64_t scratch_size = weight_grad_scratch_elements(g);
     at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
       FASTCONV_CALL_PLANES(grad_weight_rows_padded<scalar_t>(g, go, in, gw, p0, p1, scratch.data()));
@@ -309,10 +318,8 @@ bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
 
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
   // The blocked kernel materialises the zero padding; a padding out of proportion with the input (up
-  // to 2**62, which torch accepts) goes to the plane kernels instead, which never do. In doubles: the
-  // padded sizes of a transposed geometry may not fit int64.
-  const double padded_plane = (double(g.in_h) + 2.0 * double(g.pad_h)) * (double(g.in_w) + 2.0 * double(g.pad_w));
-  if (padded_plane > 4.0 * double(g.in_h) * double(g.in_w) + 65536.0) return false;
+  // to 2**62, which torch accepts) goes to the plane kernels instead.
+  if (!padded_plane_in_proportion(g, 65536.0)) return false;
   // Vectorising over output channels pays once a group has a good fraction of a vector of them.
   const int64_t lanes = element_size == 4 ? 16 : 8;
   return g.out_channels_per_group() >= lanes && g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
@@ -323,8 +330,7 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
     // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
     // a forward on the transposed geometry).
     int64_t most = plane_forward_uses_padding(g) ? plane_scratch_elements(g) : 0;
-    if (padding_in_proportion(g))  // the weight gradient's padded input plane and gathered window
-      most = std::max(most, planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w);
+    if (padding_in_proportion(g)) most = std::max(most, weight_grad_scratch_elements(g));
     if (plane_grad_input_as_forward(g)) most = std::max(most, plane_scratch_elements(transposed_geometry(g)));
     return most * element_size * at::get_num_threads();
   }
