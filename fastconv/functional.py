@@ -36,11 +36,13 @@ def _is_int(value, allow_bool=False):
         return allow_bool
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
-    try:
-        operator.index(value)
-    except TypeError:
+    # Decided by type, not by trying operator.index: some torch.compile versions turn the TypeError
+    # raised on a tuple into an internal error instead of tracing the except branch.
+    if isinstance(value, int):
+        return True
+    if value is None or isinstance(value, (tuple, list, str, bytes, float, complex)):
         return False
-    return True
+    return hasattr(type(value), "__index__")
 
 
 def _check_int64(name, op, value, in_list):
