@@ -207,54 +207,114 @@ at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const
   return out;
 }
 
-// B operand of the weight gradient as a GEMM over output pixels: row p = output pixel, column
-// j = (tap, input channel) of the group, read from the zero-padded channels-last input, where the
-// channels of one tap are contiguous.
-template <typename T>
-struct PatchRows final : BPacker<T> {
-  const ConvGeometry& g;
-  const T* image;  // one padded channels-last image, offset to the group's first channel
-  std::vector<int64_t> tap_offsets;
-  PatchRows(const ConvGeometry& geometry, const T* padded_image) : g(geometry), image(padded_image) {
-    const int64_t padded_w = g.in_w + 2 * g.pad_w;
-    for (int64_t t = 0; t < g.kernel_h * g.kernel_w; ++t)
-      tap_offsets.push_back(((t / g.kernel_w) * g.dil_h * padded_w + (t % g.kernel_w) * g.dil_w) * g.in_channels);
-  }
-  void pack(int64_t p0, int64_t kc, int64_t j0, int64_t cols, int64_t nr, T* out) const override {
-    const int64_t cin_g = g.in_channels_per_group(), padded_w = g.in_w + 2 * g.pad_w;
-    for (int64_t r = 0; r < kc; ++r) {
-      const int64_t q = p0 + r, oh = q / g.out_w, ow = q % g.out_w;
-      const T* pixel = image + (oh * g.stride_h * padded_w + ow * g.stride_w) * g.in_channels;
-      T* dst = out + r * nr;
-      for (int64_t j = 0; j < cols;) {
-        const int64_t t = (j0 + j) / cin_g, c = (j0 + j) % cin_g, run = std::min(cols - j, cin_g - c);
-        std::memcpy(dst + j, pixel + tap_offsets[t] + c, run * sizeof(T));
-        j += run;
-      }
-      std::fill(dst + cols, dst + nr, T(0));
-    }
-  }
+// The weight gradient as a GEMM over output pixels: dW[grp] (cout_g x (tap, cin_g)) = sum over images and
+// pixels of dY (cout_g x pixels) x patches (pixels x (tap, cin_g)). The patch operand is never built: in
+// the zero-padded channels-last input the columns of one tap (its cin_g channels), and with one group and
+// no horizontal dilation those of a whole kernel row (kernel_w taps x channels), lie side by side for
+// every pixel, so the micro-kernel reads each NR-wide column strip of a patch row in place
+// (micro_rows). Only dY is packed, once per image. Each C tile is owned by one thread and summed over
+// images and pixels in a fixed order: deterministic, whatever the thread count.
+struct ColumnStrip {
+  int64_t group;
+  int64_t offset;        // of its first column, from a pixel's first element in the padded input
+  int64_t first_column;  // in the group's (tap, channel) columns
+  int64_t cols;          // <= NR; columns past it are read (from the input or the slack) and dropped
 };
 
-// dW[grp] (cout_g x (tap, cin_g)) = sum over images of dY[n, grp] (cout_g x pixels) x patches (pixels x ...).
-at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
-  const at::Tensor padded = padded_channels_last(input, g.pad_h, g.pad_w);
+std::vector<ColumnStrip> weight_grad_strips(const ConvGeometry& g, int64_t nr) {
+  const int64_t cin_g = g.in_channels_per_group(), padded_w = g.in_w + 2 * g.pad_w;
+  std::vector<ColumnStrip> strips;
+  const auto add_segment = [&](int64_t group, int64_t offset, int64_t first_column, int64_t length) {
+    for (int64_t s = 0; s < length; s += nr) strips.push_back({group, offset + s, first_column + s, std::min(nr, length - s)});
+  };
+  const bool rows_contiguous = g.groups == 1 && g.dil_w == 1;
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t row_offset = kh * g.dil_h * padded_w * g.in_channels;
+      if (rows_contiguous) {
+        add_segment(grp, row_offset, kh * g.kernel_w * cin_g, g.kernel_w * cin_g);
+        continue;
+      }
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw)
+        add_segment(grp, row_offset + kw * g.dil_w * g.in_channels + grp * cin_g, (kh * g.kernel_w + kw) * cin_g, cin_g);
+    }
+  }
+  return strips;
+}
+
+template <typename scalar_t>
+void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* padded, scalar_t* gw) {
+  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t taps = g.kernel_h * g.kernel_w, out_plane = g.out_h * g.out_w;
-  const int64_t padded_image = (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels;
+  const int64_t columns = g.kernel_h * g.kernel_w * cin_g, out_plane = g.out_h * g.out_w;
+  const int64_t padded_w = g.in_w + 2 * g.pad_w;
+  const int64_t padded_image = (g.in_h + 2 * g.pad_h) * padded_w * g.in_channels;
+  const int64_t m_strips = (cout_g + mr - 1) / mr;
+  const std::vector<ColumnStrip> strips = weight_grad_strips(g, nr);
+  const int64_t units = static_cast<int64_t>(strips.size()) * m_strips;  // (column strip, row strip) tiles
+
+  std::vector<int64_t> pixel_offsets(out_plane);
+  for (int64_t q = 0; q < out_plane; ++q)
+    pixel_offsets[q] = ((q / g.out_w) * g.stride_h * padded_w + (q % g.out_w) * g.stride_w) * g.in_channels;
+  constexpr int64_t kAlign = 64 / sizeof(scalar_t);
+  std::vector<scalar_t> a_buf(g.groups * m_strips * out_plane * mr + kAlign), c_buf(units * mr * nr + kAlign);
+  const auto aligned = [](std::vector<scalar_t>& v) {
+    return reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
+  };
+  scalar_t* a_packed = aligned(a_buf);
+  scalar_t* tiles = aligned(c_buf);
+  constexpr int64_t kPixelsPerPass = 256;  // a strip's kc patch rows stay in L1 across its row strips
+
+  for (int64_t n = 0; n < g.batch; ++n) {  // images summed in order
+    at::parallel_for(0, g.groups * m_strips, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t grp = s / m_strips, first = (s % m_strips) * mr;
+        mk.pack_a(out_plane, std::min(mr, cout_g - first), go + (n * g.out_channels + grp * cout_g + first) * out_plane,
+                  out_plane, 1, a_packed + s * out_plane * mr);
+      }
+    });
+    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+      for (int64_t p0 = 0; p0 < out_plane; p0 += kPixelsPerPass) {
+        const int64_t kc = std::min(kPixelsPerPass, out_plane - p0);
+        for (int64_t u = u0; u < u1; ++u) {
+          const ColumnStrip& strip = strips[u / m_strips];
+          const int64_t ms = u % m_strips;
+          mk.micro_rows(kc, a_packed + ((strip.group * m_strips + ms) * out_plane + p0) * mr,
+                        padded + n * padded_image + strip.offset, pixel_offsets.data() + p0, tiles + u * mr * nr,
+                        n > 0 || p0 > 0);
+        }
+      }
+    });
+  }
+  // Tiles -> dW in (group, out channel, tap, in channel) order.
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const ColumnStrip& strip = strips[u / m_strips];
+      const int64_t first = (u % m_strips) * mr, rows = std::min(mr, cout_g - first);
+      for (int64_t i = 0; i < rows; ++i)
+        std::memcpy(gw + (strip.group * cout_g + first + i) * columns + strip.first_column, tiles + (u * mr + i) * nr,
+                    strip.cols * sizeof(scalar_t));
+    }
+  });
+}
+
+at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
+  // The last strip of a patch row may read up to NR - 1 elements past the padded input: zeroed slack.
+  const int64_t slack = 64;
+  const int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
+  at::Tensor buffer = at::zeros({g.batch * padded_h * padded_w * g.in_channels + slack}, input.options());
+  buffer.narrow(0, 0, g.batch * padded_h * padded_w * g.in_channels)
+      .view({g.batch, padded_h, padded_w, g.in_channels})
+      .narrow(1, g.pad_h, g.in_h)
+      .narrow(2, g.pad_w, g.in_w)
+      .copy_(input.permute({0, 2, 3, 1}));
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t taps = g.kernel_h * g.kernel_w;
   at::Tensor grad_tap_major = at::empty({g.groups, cout_g, taps, cin_g}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight", [&] {
-    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-    const scalar_t* in = padded.const_data_ptr<scalar_t>();
-    scalar_t* gw = grad_tap_major.mutable_data_ptr<scalar_t>();
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-      for (int64_t n = 0; n < g.batch; ++n) {  // images summed in order: deterministic
-        const PatchRows<scalar_t> patches(g, in + n * padded_image + grp * cin_g);
-        gemm_packed_b<scalar_t>(cout_g, taps * cin_g, out_plane,
-                                go + (n * g.out_channels + grp * cout_g) * out_plane, out_plane, 1, patches,
-                                gw + grp * cout_g * taps * cin_g, taps * cin_g, /*accumulate=*/n > 0);
-      }
-    }
+    blocked_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), buffer.const_data_ptr<scalar_t>(),
+                                         grad_tap_major.mutable_data_ptr<scalar_t>());
   });
   // (group, out, tap, in) -> the weight's (out, in, kh, kw).
   return grad_tap_major.permute({0, 1, 3, 2}).reshape({g.out_channels, cin_g, g.kernel_h, g.kernel_w}).contiguous();

@@ -54,6 +54,7 @@ constexpr int64_t NC = 4096;
 #define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                                  \
   MicroKernels<T> {                                                                                       \
     MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
+        &ns::micro_kernel_rows<T, MR, NV>,                                                                  \
         &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>                            \
   }
 

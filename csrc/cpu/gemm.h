@@ -41,6 +41,9 @@ struct MicroKernels {
   // C(mr x nr) = A * B_packed, A read in place: A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]
   void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
                      const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc);
+  // C(mr x nr, row stride nr) = / += A_packed(kc x mr) * B, B's row p read in place at b_base + row_offsets[p]
+  void (*micro_rows)(int64_t kc, const T* a_packed, const T* b_base, const int64_t* row_offsets, T* c,
+                     bool accumulate);
   void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
   void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
 };
