@@ -24,25 +24,15 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 // - CUDA, dense layers: im2col (cuBLAS). 1x1 kernels, any stride: im2col (the GEMM is the whole job).
 // - CPU, other grouped layers with fewer than 16 output channels per group: direct (its plane kernels;
 //   at 8 per group, 28x28, batch 8, 3x faster than im2col forward and 4x forward+backward).
-// - CPU, dense layers: direct where its register tiles run full, i.e. the pixels the pass produces or
-//   reduces over, summed over the batch, number at least 784 (one 28x28 plane), and, for the input
-//   gradient, the stride is 1; im2col otherwise. im2col merges the small planes of several images into
-//   one GEMM, which wins on ResNet's 7x7 and single 14x14 planes (0.72x against direct's 0.49x of torch's
-//   time on layer4 at batch 8, forward).
+// - CPU, dense layers: direct (its register tiles run over the pixels of all images, so small planes
+//   fill them too), except the input gradient of a strided layer, which im2col computes as a GEMM and a
+//   gather-style col2im.
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
   if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
   if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
   if (g.groups > 1 && g.out_channels_per_group() < 16) return ConvAlgo::Direct;
-  // batch * h * w >= 784, in floating point: the product of int64 sizes can overflow for huge outputs.
-  const auto enough = [&](int64_t h, int64_t w) { return static_cast<double>(g.batch) * h * w >= 784.0; };
-  switch (pass) {
-    case ConvPass::Forward:
-    case ConvPass::BackwardWeight:
-      return enough(g.out_h, g.out_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
-    case ConvPass::BackwardInput:
-      return g.stride_h == 1 && g.stride_w == 1 && enough(g.in_h, g.in_w) ? ConvAlgo::Direct : ConvAlgo::Im2col;
-  }
-  return ConvAlgo::Im2col;
+  if (pass == ConvPass::BackwardInput && (g.stride_h != 1 || g.stride_w != 1)) return ConvAlgo::Im2col;
+  return ConvAlgo::Direct;
 }
 
 inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo, const ConvGeometry& g, ConvPass pass,

@@ -8,7 +8,7 @@
 //
 // Backward of those layers: the input gradient (stride 1) is the same blocked forward kernel run on the
 // output gradient with flipped, transposed weights; the weight gradient is a GEMM over output pixels
-// whose patch operand is packed straight from the zero-padded channels-last input.
+// whose patch rows are read in place from the zero-padded channels-last input.
 //
 // Forward and backward for depthwise and narrow groups (and strided input gradients): each output plane (image, output
 // channel) is owned by one thread, which adds every input channel's contribution tap by tap; the
@@ -130,71 +130,113 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
   });
 }
 
+// Packed weights of one channel chunk of the blocked forward: about 20 KiB, so they stay in a 32-48 KiB L1.
+constexpr int64_t kWeightChunkBytes = 20 * 1024;
+
 // Register-blocked forward (see the top of the file). `in` is the input in channels-last layout with
 // the padding materialised as zeros (N, H + 2 pad_h, W + 2 pad_w, C), so every tap of every output pixel
 // reads inside it and one kernel serves borders and interior alike.
 template <typename scalar_t>
 void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
-  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t taps = g.kernel_h * g.kernel_w, k = cin_g * taps;
   const int64_t channels = g.in_channels, padded_w = g.in_w + 2 * g.pad_w;
   const int64_t in_image = (g.in_h + 2 * g.pad_h) * padded_w * channels, out_plane = g.out_h * g.out_w;
   const int64_t blocks = (cout_g + nr - 1) / nr;
-  const int64_t tiles = (out_plane + mr - 1) / mr;
+  // Tiles run over the pixels of all images in turn, so small planes (7x7: 49 pixels) fill them too.
+  const int64_t pixels_total = g.batch * out_plane;
+  const int64_t tiles = (pixels_total + mr - 1) / mr;
 
   std::vector<int64_t> tap_offsets(taps);
   for (int64_t t = 0; t < taps; ++t)
     tap_offsets[t] = ((t / g.kernel_w) * g.dil_h * padded_w + (t % g.kernel_w) * g.dil_w) * channels;
 
-  // Weights packed as [group][channel block][tap][input channel][nr], zero past the group's last channel.
+  // The reduction over (tap, input channel) runs in chunks of input channels whose packed weights,
+  // taps x chunk x nr elements, stay in L1 while a group of tiles reuses them.
+  const int64_t chunk = std::max<int64_t>(1, kWeightChunkBytes / (taps * nr * int64_t(sizeof(scalar_t))));
+
+  // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
+  // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
   std::vector<scalar_t> packed(g.groups * blocks * k * nr + 64 / sizeof(scalar_t), scalar_t(0));
   scalar_t* wp = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(packed.data()) + 63) & ~uintptr_t(63));
   at::parallel_for(0, g.groups * blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-      scalar_t* dst = wp + b * k * nr;
-      for (int64_t j = 0; j < cols; ++j) {
-        const scalar_t* src = w + (grp * cout_g + first + j) * k;  // (channel, tap) order in the weight tensor
-        for (int64_t c = 0; c < cin_g; ++c)
-          for (int64_t t = 0; t < taps; ++t) dst[(t * cin_g + c) * nr + j] = src[c * taps + t];
+      // Written in order, one nr-wide row at a time; the reads walk `cols` weight rows side by side.
+      const scalar_t* src = w + (grp * cout_g + first) * k;  // (channel, tap) order in each weight row
+      for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
+        const int64_t cc = std::min(chunk, cin_g - c0);
+        scalar_t* dst = wp + (b * k + c0 * taps) * nr;
+        for (int64_t t = 0; t < taps; ++t)
+          for (int64_t c = 0; c < cc; ++c) {
+            scalar_t* row = dst + (t * cc + c) * nr;
+            for (int64_t j = 0; j < cols; ++j) row[j] = src[j * k + (c0 + c) * taps + t];
+          }
       }
     }
   });
 
-  // One work item: a run of mr consecutive output pixels (row-major over the plane) of one channel
-  // block of one image. A short last run repeats its last pixel; the extra results are dropped.
-  const int64_t items = g.batch * g.groups * blocks * tiles;
+  // One work item: a group of up to kTilesPerItem runs of mr consecutive output pixels (row-major over
+  // the planes of all images) of one channel block. A short last run repeats its last pixel; the extra
+  // results are dropped.
+  constexpr int64_t kTilesPerItem = 16;
+  const int64_t tile_groups = (tiles + kTilesPerItem - 1) / kTilesPerItem;
+  const int64_t items = g.groups * blocks * tile_groups;
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<scalar_t> tile_buf(mr * nr + 64 / sizeof(scalar_t));
+    std::vector<scalar_t> tile_buf(kTilesPerItem * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(tile_buf.data()) + 63) & ~uintptr_t(63));
-    int64_t pixel_offsets[64];
+    std::vector<int64_t> pixel_offsets(kTilesPerItem * mr), out_offsets(kTilesPerItem * mr);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t q0 = (r % tiles) * mr, b = (r / tiles) % (g.groups * blocks), n = r / (tiles * g.groups * blocks);
+      const int64_t b = r / tile_groups, first_tile = (r % tile_groups) * kTilesPerItem;
       const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-      const int64_t pixels = std::min(mr, out_plane - q0);
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t q = q0 + std::min(i, pixels - 1), oh = q / g.out_w, ow = q % g.out_w;
-        pixel_offsets[i] = (oh * g.stride_h * padded_w + ow * g.stride_w) * channels;
+      const int64_t group_tiles = std::min(kTilesPerItem, tiles - first_tile);
+      const int64_t q_first = first_tile * mr, pixels = std::min(group_tiles * mr, pixels_total - q_first);
+      for (int64_t i = 0; i < group_tiles * mr; ++i) {
+        const int64_t q = q_first + std::min(i, pixels - 1), n = q / out_plane, pq = q % out_plane;
+        const int64_t oh = pq / g.out_w, ow = pq % g.out_w;
+        pixel_offsets[i] = n * in_image + (oh * g.stride_h * padded_w + ow * g.stride_w) * channels;
+        out_offsets[i] = (n * g.out_channels + grp * cout_g + first) * out_plane + pq;
       }
-      mk.micro_conv(taps, cin_g, in + n * in_image + grp * cin_g, pixel_offsets, tap_offsets.data(),
-                    wp + b * k * nr, tile, nr);
-      // The tile is pixel-major (pixels x channels); the output is channel planes.
-      scalar_t* out_block = out + (n * g.out_channels + grp * cout_g + first) * out_plane + q0;
-      for (int64_t j = 0; j < cols; ++j)
-        for (int64_t i = 0; i < pixels; ++i) out_block[j * out_plane + i] = tile[i * nr + j];
+      for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
+        const int64_t cc = std::min(chunk, cin_g - c0);
+        for (int64_t tl = 0; tl < group_tiles; ++tl)
+          mk.micro_conv(taps, cc, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(),
+                        wp + (b * k + c0 * taps) * nr, tile + tl * mr * nr, nr, c0 > 0);
+      }
+      // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
+      // of pixels of one image at a time.
+      for (int64_t i0 = 0; i0 < pixels;) {
+        const int64_t run = std::min(pixels - i0, out_plane - out_offsets[i0] % out_plane);
+        mk.transpose(run, cols, tile + i0 * nr, nr, out + out_offsets[i0], out_plane);
+        i0 += run;
+      }
     }
   });
 }
 
-// The zero-padded channels-last copy of an NCHW (or any-layout) input that the blocked kernels read.
-at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w) {
-  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3);
-  at::Tensor padded = (pad_h || pad_w) ? at::zeros({n, h + 2 * pad_h, w + 2 * pad_w, c}, input.options())
-                                       : at::empty({n, h, w, c}, input.options());
-  padded.narrow(1, pad_h, h).narrow(2, pad_w, w).copy_(input.permute({0, 2, 3, 1}));
-  return padded;
+// The zero-padded channels-last copy of an input that the blocked kernels read, (N, H + 2 pad_h,
+// W + 2 pad_w, C), followed by `slack` zeros; each image row is one transpose of its (C, W) slice.
+at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w, int64_t slack = 0) {
+  const at::Tensor x = input.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, elements = n * padded_h * padded_w * c;
+  at::Tensor buffer = (pad_h || pad_w) ? at::zeros({elements + slack}, x.options()) : at::empty({elements + slack}, x.options());
+  if (slack > 0 && !(pad_h || pad_w)) buffer.narrow(0, elements, slack).zero_();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "padded_channels_last", [&] {
+    const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = buffer.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n * h, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t image = r / h, row = r % h;
+        mk.transpose(c, w, src + image * c * h * w + row * w, h * w,
+                     dst + ((image * padded_h + row + pad_h) * padded_w + pad_w) * c, c);
+      }
+    });
+  });
+  return buffer;
 }
 
 at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
@@ -207,31 +249,33 @@ at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const
   return out;
 }
 
-// The weight gradient as a GEMM over output pixels: dW[grp] (cout_g x (tap, cin_g)) = sum over images and
-// pixels of dY (cout_g x pixels) x patches (pixels x (tap, cin_g)). The patch operand is never built: in
-// the zero-padded channels-last input the columns of one tap (its cin_g channels), and with one group and
-// no horizontal dilation those of a whole kernel row (kernel_w taps x channels), lie side by side for
-// every pixel, so the micro-kernel reads each NR-wide column strip of a patch row in place
-// (micro_rows). Only dY is packed, once per image. Each C tile is owned by one thread and summed over
-// images and pixels in a fixed order: deterministic, whatever the thread count.
-struct ColumnStrip {
+// The weight gradient as a GEMM over output pixels: dW[grp]^T ((tap, cin_g) x cout_g) = sum over images
+// and pixels of patches ((tap, cin_g) x pixels) x dY^T (pixels x cout_g). The patch operand is never
+// built: in the zero-padded channels-last input the entries of one tap (its cin_g channels), and with one
+// group and no horizontal dilation those of a whole kernel row (kernel_w taps x channels), lie side by
+// side for every pixel, so the micro-kernel reads MR of them in place per pixel (micro_gather). Only dY
+// is packed (transposed), once per image. Each C tile is owned by one thread and summed over images and
+// pixels in a fixed order: deterministic, whatever the thread count.
+struct PatchRows {
   int64_t group;
-  int64_t offset;        // of its first column, from a pixel's first element in the padded input
-  int64_t first_column;  // in the group's (tap, channel) columns
-  int64_t cols;          // <= NR; columns past it are read (from the input or the slack) and dropped
+  int64_t offset;     // of its first entry, from a pixel's first element in the padded input
+  int64_t first_row;  // in the group's (tap, channel) order
+  int64_t rows;       // <= MR; entries past it are read (from the input or the slack) and dropped
 };
 
-std::vector<ColumnStrip> weight_grad_strips(const ConvGeometry& g, int64_t nr) {
+// Whether the entries of a whole kernel row lie side by side in a padded channels-last pixel row.
+bool weight_grad_rows_contiguous(const ConvGeometry& g) { return g.groups == 1 && g.dil_w == 1; }
+
+std::vector<PatchRows> weight_grad_row_chunks(const ConvGeometry& g, int64_t mr) {
   const int64_t cin_g = g.in_channels_per_group(), padded_w = g.in_w + 2 * g.pad_w;
-  std::vector<ColumnStrip> strips;
-  const auto add_segment = [&](int64_t group, int64_t offset, int64_t first_column, int64_t length) {
-    for (int64_t s = 0; s < length; s += nr) strips.push_back({group, offset + s, first_column + s, std::min(nr, length - s)});
+  std::vector<PatchRows> chunks;
+  const auto add_segment = [&](int64_t group, int64_t offset, int64_t first_row, int64_t length) {
+    for (int64_t s = 0; s < length; s += mr) chunks.push_back({group, offset + s, first_row + s, std::min(mr, length - s)});
   };
-  const bool rows_contiguous = g.groups == 1 && g.dil_w == 1;
   for (int64_t grp = 0; grp < g.groups; ++grp) {
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const int64_t row_offset = kh * g.dil_h * padded_w * g.in_channels;
-      if (rows_contiguous) {
+      if (weight_grad_rows_contiguous(g)) {
         add_segment(grp, row_offset, kh * g.kernel_w * cin_g, g.kernel_w * cin_g);
         continue;
       }
@@ -239,76 +283,71 @@ std::vector<ColumnStrip> weight_grad_strips(const ConvGeometry& g, int64_t nr) {
         add_segment(grp, row_offset + kw * g.dil_w * g.in_channels + grp * cin_g, (kh * g.kernel_w + kw) * cin_g, cin_g);
     }
   }
-  return strips;
+  return chunks;
 }
 
 template <typename scalar_t>
 void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* padded, scalar_t* gw) {
-  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t columns = g.kernel_h * g.kernel_w * cin_g, out_plane = g.out_h * g.out_w;
   const int64_t padded_w = g.in_w + 2 * g.pad_w;
   const int64_t padded_image = (g.in_h + 2 * g.pad_h) * padded_w * g.in_channels;
-  const int64_t m_strips = (cout_g + mr - 1) / mr;
-  const std::vector<ColumnStrip> strips = weight_grad_strips(g, nr);
-  const int64_t units = static_cast<int64_t>(strips.size()) * m_strips;  // (column strip, row strip) tiles
+  const int64_t strips = (cout_g + nr - 1) / nr;  // of nr output channels
+  const std::vector<PatchRows> chunks = weight_grad_row_chunks(g, mr);
+  const int64_t chunk_count = static_cast<int64_t>(chunks.size());
+  const int64_t units = strips * chunk_count;  // C tiles, strip-major: neighbours share their dY strip
 
   std::vector<int64_t> pixel_offsets(out_plane);
   for (int64_t q = 0; q < out_plane; ++q)
     pixel_offsets[q] = ((q / g.out_w) * g.stride_h * padded_w + (q % g.out_w) * g.stride_w) * g.in_channels;
   constexpr int64_t kAlign = 64 / sizeof(scalar_t);
-  std::vector<scalar_t> a_buf(g.groups * m_strips * out_plane * mr + kAlign), c_buf(units * mr * nr + kAlign);
+  // dY^T of one image as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
+  std::vector<scalar_t> b_buf(g.groups * strips * out_plane * nr + kAlign, scalar_t(0)), c_buf(units * mr * nr + kAlign);
   const auto aligned = [](std::vector<scalar_t>& v) {
     return reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
   };
-  scalar_t* a_packed = aligned(a_buf);
+  scalar_t* b_packed = aligned(b_buf);
   scalar_t* tiles = aligned(c_buf);
-  constexpr int64_t kPixelsPerPass = 256;  // a strip's kc patch rows stay in L1 across its row strips
+  constexpr int64_t kPixelsPerPass = 128;  // a strip's kc x nr block of dY^T stays in L1 across its tiles
 
   for (int64_t n = 0; n < g.batch; ++n) {  // images summed in order
-    at::parallel_for(0, g.groups * m_strips, 1, [&](int64_t s0, int64_t s1) {
+    at::parallel_for(0, g.groups * strips, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
-        const int64_t grp = s / m_strips, first = (s % m_strips) * mr;
-        mk.pack_a(out_plane, std::min(mr, cout_g - first), go + (n * g.out_channels + grp * cout_g + first) * out_plane,
-                  out_plane, 1, a_packed + s * out_plane * mr);
+        const int64_t grp = s / strips, first = (s % strips) * nr;
+        mk.transpose(std::min(nr, cout_g - first), out_plane,
+                     go + (n * g.out_channels + grp * cout_g + first) * out_plane, out_plane,
+                     b_packed + s * out_plane * nr, nr);
       }
     });
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
       for (int64_t p0 = 0; p0 < out_plane; p0 += kPixelsPerPass) {
         const int64_t kc = std::min(kPixelsPerPass, out_plane - p0);
         for (int64_t u = u0; u < u1; ++u) {
-          const ColumnStrip& strip = strips[u / m_strips];
-          const int64_t ms = u % m_strips;
-          mk.micro_rows(kc, a_packed + ((strip.group * m_strips + ms) * out_plane + p0) * mr,
-                        padded + n * padded_image + strip.offset, pixel_offsets.data() + p0, tiles + u * mr * nr,
-                        n > 0 || p0 > 0);
+          const PatchRows& chunk = chunks[u % chunk_count];
+          const int64_t strip = u / chunk_count;
+          mk.micro_gather(kc, padded + n * padded_image + chunk.offset, pixel_offsets.data() + p0,
+                          b_packed + ((chunk.group * strips + strip) * out_plane + p0) * nr, tiles + u * mr * nr,
+                          n > 0 || p0 > 0);
         }
       }
     });
   }
-  // Tiles -> dW in (group, out channel, tap, in channel) order.
+  // Tiles ((tap, channel) x output channel) -> dW in (group, output channel, tap, channel) order.
   at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1; ++u) {
-      const ColumnStrip& strip = strips[u / m_strips];
-      const int64_t first = (u % m_strips) * mr, rows = std::min(mr, cout_g - first);
-      for (int64_t i = 0; i < rows; ++i)
-        std::memcpy(gw + (strip.group * cout_g + first + i) * columns + strip.first_column, tiles + (u * mr + i) * nr,
-                    strip.cols * sizeof(scalar_t));
+      const PatchRows& chunk = chunks[u % chunk_count];
+      const int64_t first = (u / chunk_count) * nr;
+      mk.transpose(chunk.rows, std::min(nr, cout_g - first), tiles + u * mr * nr, nr,
+                   gw + (chunk.group * cout_g + first) * columns + chunk.first_row, columns);
     }
   });
 }
 
 at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
-  // The last strip of a patch row may read up to NR - 1 elements past the padded input: zeroed slack.
-  const int64_t slack = 64;
-  const int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
-  at::Tensor buffer = at::zeros({g.batch * padded_h * padded_w * g.in_channels + slack}, input.options());
-  buffer.narrow(0, 0, g.batch * padded_h * padded_w * g.in_channels)
-      .view({g.batch, padded_h, padded_w, g.in_channels})
-      .narrow(1, g.pad_h, g.in_h)
-      .narrow(2, g.pad_w, g.in_w)
-      .copy_(input.permute({0, 2, 3, 1}));
+  // The last chunk of a segment may read up to MR - 1 entries past the padded input: zeroed slack.
+  const at::Tensor buffer = padded_channels_last(input, g.pad_h, g.pad_w, /*slack=*/64);
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t taps = g.kernel_h * g.kernel_w;
   at::Tensor grad_tap_major = at::empty({g.groups, cout_g, taps, cin_g}, input.options());
@@ -395,7 +434,8 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
     return most * element_size * at::get_num_threads();
   }
   // The zero-padded channels-last input copy and the packed weights.
-  const int64_t nr = element_size == 4 ? micro_kernels<float>().nr : micro_kernels<double>().nr;
+  const int64_t nr = element_size == 4 ? micro_kernels_for_width<float>(g.out_channels_per_group()).nr
+                                       : micro_kernels_for_width<double>(g.out_channels_per_group()).nr;
   const int64_t blocks = (g.out_channels_per_group() + nr - 1) / nr;
   return (g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels +
           g.groups * blocks * g.col_rows() * nr) * element_size;

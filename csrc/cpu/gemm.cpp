@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_features.h"
@@ -54,7 +55,7 @@ constexpr int64_t NC = 4096;
 #define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                                  \
   MicroKernels<T> {                                                                                       \
     MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
-        &ns::micro_kernel_rows<T, MR, NV>,                                                                  \
+        &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>,                                          \
         &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>                            \
   }
 
@@ -76,6 +77,16 @@ template <typename T>
 const MicroKernels<T>& kernels() {
   static const MicroKernels<T> set = kernels_for_cpu<T>();
   return set;
+}
+
+// AVX-512 also has a 6 x 4-vector tile: half the broadcasts per multiply-add of the 12 x 2 one, for the
+// direct convolution's 64-channel blocks. Elsewhere the same set as kernels().
+template <typename T>
+MicroKernels<T> wide_kernels_for_cpu() {
+#ifdef FASTCONV_HAVE_X86_KERNELS
+  if (active_cpu_isa() == CpuIsa::Avx512) return FASTCONV_KERNEL_SET(isa_avx512, T, 6, 4);
+#endif
+  return kernels_for_cpu<T>();
 }
 
 // B given by strides, packed with the instruction set's packing routine.
@@ -191,6 +202,16 @@ const MicroKernels<T>& micro_kernels() {
 }
 template const MicroKernels<float>& micro_kernels<float>();
 template const MicroKernels<double>& micro_kernels<double>();
+
+template <typename T>
+const MicroKernels<T>& micro_kernels_for_width(int64_t columns) {
+  static const MicroKernels<T> wide = wide_kernels_for_cpu<T>();
+  const MicroKernels<T>& tall = kernels<T>();
+  const auto waste = [&](const MicroKernels<T>& set) { return (columns + set.nr - 1) / set.nr * set.nr - columns; };
+  return waste(wide) <= waste(tall) ? wide : tall;
+}
+template const MicroKernels<float>& micro_kernels_for_width<float>(int64_t);
+template const MicroKernels<double>& micro_kernels_for_width<double>(int64_t);
 
 template void gemm_packed_b<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const BPacker<float>&,
                                    float*, int64_t, bool);

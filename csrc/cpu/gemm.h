@@ -38,18 +38,26 @@ struct MicroKernels {
   int mr, nr;
   // C(mr x nr) = / += A_packed(kc x mr, column-major strips) * B_packed(kc x nr)
   void (*micro)(int64_t kc, const T* a_packed, const T* b_packed, T* c, int64_t ldc, bool accumulate);
-  // C(mr x nr) = A * B_packed, A read in place: A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]
+  // C(mr x nr) = / += A * B_packed, A read in place: A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]
   void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
-                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc);
-  // C(mr x nr, row stride nr) = / += A_packed(kc x mr) * B, B's row p read in place at b_base + row_offsets[p]
-  void (*micro_rows)(int64_t kc, const T* a_packed, const T* b_base, const int64_t* row_offsets, T* c,
-                     bool accumulate);
+                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc, bool accumulate);
+  // C(mr x nr, row stride nr) = / += A * B_packed(kc x nr), A's column p read in place: the mr elements at
+  // a_base + col_offsets[p]
+  void (*micro_gather)(int64_t kc, const T* a_base, const int64_t* col_offsets, const T* b_packed, T* c,
+                       bool accumulate);
+  // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols
+  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride);
   void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
   void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
 };
 
 template <typename T>
 const MicroKernels<T>& micro_kernels();
+
+// The kernels of the instruction set in use whose NR wastes the fewest columns on a matrix `columns`
+// wide (on AVX-512, a 6 x 64 tile where it fits as well as the 12 x 32 one of micro_kernels()).
+template <typename T>
+const MicroKernels<T>& micro_kernels_for_width(int64_t columns);
 
 template <typename T>
 void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
