@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
@@ -159,24 +160,17 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 
   // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
   // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
-  std::vector<scalar_t> packed(g.groups * blocks * k * nr + 64 / sizeof(scalar_t), scalar_t(0));
-  scalar_t* wp = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(packed.data()) + 63) & ~uintptr_t(63));
-  at::parallel_for(0, g.groups * blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-      // Written in order, one nr-wide row at a time; the reads walk `cols` weight rows side by side.
-      const scalar_t* src = w + (grp * cout_g + first) * k;  // (channel, tap) order in each weight row
-      for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
-        const int64_t cc = std::min(chunk, cin_g - c0);
-        scalar_t* dst = wp + (b * k + c0 * taps) * nr;
-        for (int64_t t = 0; t < taps; ++t)
-          for (int64_t c = 0; c < cc; ++c) {
-            scalar_t* row = dst + (t * cc + c) * nr;
-            for (int64_t j = 0; j < cols; ++j) row[j] = src[j * k + (c0 + c) * taps + t];
-          }
-      }
-    }
-  });
+  // A chunk is a contiguous run of (channel, tap) columns of the block's weight rows: one transpose, each
+  // column sent to its (tap, channel) row of the packed chunk.
+  const int64_t chunks = (cin_g + chunk - 1) / chunk;
+  const auto pack_chunk = [&](int64_t b, int64_t c0, scalar_t* dst, int64_t* row_of) {
+    const int64_t cc = std::min(chunk, cin_g - c0);
+    const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
+    for (int64_t c = 0; c < cc; ++c)
+      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
+    if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
+    mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
+  };
 
   // One work item: a group of up to kTilesPerItem runs of mr consecutive output pixels (row-major over
   // the planes of all images) of one channel block. A short last run repeats its last pixel; the extra
@@ -184,9 +178,31 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   constexpr int64_t kTilesPerItem = 16;
   const int64_t tile_groups = (tiles + kTilesPerItem - 1) / kTilesPerItem;
   const int64_t items = g.groups * blocks * tile_groups;
+  // With few tile groups (small outputs: a batch of 7x7 planes) every item packs the chunks it uses as it
+  // goes, so the weights, often larger than the caches there, are read once and never written out whole;
+  // otherwise they are packed once, up front.
+  const bool pack_in_items = tile_groups <= 4;
+  std::unique_ptr<scalar_t[]> packed;
+  scalar_t* wp = nullptr;
+  if (!pack_in_items) {
+    packed.reset(new scalar_t[g.groups * blocks * k * nr + 64 / sizeof(scalar_t)]);
+    wp = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(packed.get()) + 63) & ~uintptr_t(63));
+    at::parallel_for(0, g.groups * blocks * chunks, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<int64_t> row_of(chunk * taps);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / chunks, c0 = (r % chunks) * chunk;
+        pack_chunk(b, c0, wp + (b * k + c0 * taps) * nr, row_of.data());
+      }
+    });
+  }
+
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(kTilesPerItem * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(tile_buf.data()) + 63) & ~uintptr_t(63));
+    std::vector<scalar_t> chunk_buf(pack_in_items ? chunk * taps * nr + 64 / sizeof(scalar_t) : 0);
+    scalar_t* own_chunk =
+        reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(chunk_buf.data()) + 63) & ~uintptr_t(63));
+    std::vector<int64_t> row_of(pack_in_items ? chunk * taps : 0);
     std::vector<int64_t> pixel_offsets(kTilesPerItem * mr), out_offsets(kTilesPerItem * mr);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / tile_groups, first_tile = (r % tile_groups) * kTilesPerItem;
@@ -201,15 +217,17 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       }
       for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
         const int64_t cc = std::min(chunk, cin_g - c0);
+        const scalar_t* weights = wp ? wp + (b * k + c0 * taps) * nr : own_chunk;
+        if (pack_in_items) pack_chunk(b, c0, own_chunk, row_of.data());
         for (int64_t tl = 0; tl < group_tiles; ++tl)
-          mk.micro_conv(taps, cc, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(),
-                        wp + (b * k + c0 * taps) * nr, tile + tl * mr * nr, nr, c0 > 0);
+          mk.micro_conv(taps, cc, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(), weights,
+                        tile + tl * mr * nr, nr, c0 > 0);
       }
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
         const int64_t run = std::min(pixels - i0, out_plane - out_offsets[i0] % out_plane);
-        mk.transpose(run, cols, tile + i0 * nr, nr, out + out_offsets[i0], out_plane);
+        mk.transpose(run, cols, tile + i0 * nr, nr, out + out_offsets[i0], out_plane, nullptr);
         i0 += run;
       }
     }
@@ -217,22 +235,27 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 }
 
 // The zero-padded channels-last copy of an input that the blocked kernels read, (N, H + 2 pad_h,
-// W + 2 pad_w, C), followed by `slack` zeros; each image row is one transpose of its (C, W) slice.
+// W + 2 pad_w, C), followed by `slack` zeros: each image's (C, H * W) matrix transposed, its pixels
+// (columns) sent to their padded positions.
 at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w, int64_t slack = 0) {
   const at::Tensor x = input.contiguous();
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), plane = h * w;
   const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, elements = n * padded_h * padded_w * c;
   at::Tensor buffer = (pad_h || pad_w) ? at::zeros({elements + slack}, x.options()) : at::empty({elements + slack}, x.options());
   if (slack > 0 && !(pad_h || pad_w)) buffer.narrow(0, elements, slack).zero_();
+  std::vector<int64_t> pixel_at(plane);
+  for (int64_t q = 0; q < plane; ++q) pixel_at[q] = ((q / w + pad_h) * padded_w + q % w + pad_w) * c;
+  constexpr int64_t kPixelsPerItem = 256;
+  const int64_t pieces = (plane + kPixelsPerItem - 1) / kPixelsPerItem;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "padded_channels_last", [&] {
     const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = buffer.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n * h, 16, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n * pieces, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t image = r / h, row = r % h;
-        mk.transpose(c, w, src + image * c * h * w + row * w, h * w,
-                     dst + ((image * padded_h + row + pad_h) * padded_w + pad_w) * c, c);
+        const int64_t image = r / pieces, q0 = (r % pieces) * kPixelsPerItem;
+        mk.transpose(c, std::min(kPixelsPerItem, plane - q0), src + image * c * plane + q0, plane,
+                     dst + image * padded_h * padded_w * c, 0, pixel_at.data() + q0);
       }
     });
   });
@@ -318,7 +341,7 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
         const int64_t grp = s / strips, first = (s % strips) * nr;
         mk.transpose(std::min(nr, cout_g - first), out_plane,
                      go + (n * g.out_channels + grp * cout_g + first) * out_plane, out_plane,
-                     b_packed + s * out_plane * nr, nr);
+                     b_packed + s * out_plane * nr, nr, nullptr);
       }
     });
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
@@ -340,7 +363,7 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
       const PatchRows& chunk = chunks[u % chunk_count];
       const int64_t first = (u / chunk_count) * nr;
       mk.transpose(chunk.rows, std::min(nr, cout_g - first), tiles + u * mr * nr, nr,
-                   gw + (chunk.group * cout_g + first) * columns + chunk.first_row, columns);
+                   gw + (chunk.group * cout_g + first) * columns + chunk.first_row, columns, nullptr);
     }
   });
 }
@@ -388,6 +411,78 @@ at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_outp
   return blocked_forward(transposed_geometry(g), grad_output, flipped_transposed_weight(g, weight));
 }
 
+// The taps of one phase of a strided input gradient (dilation 1): the input rows ih with
+// (ih + pad) mod stride == r receive exactly the taps r, r + stride, ... (see phase_grad_input).
+struct Phase {
+  int64_t residue, taps;     // r, and how many taps k < kernel have k mod stride == r
+  int64_t first, count;      // the phase's input rows ih = stride * u + r - pad for u in [first, first + count)
+};
+
+Phase phase_of(int64_t r, int64_t kernel, int64_t stride, int64_t pad, int64_t in_size, int64_t out_size) {
+  Phase ph{r, r < kernel ? (kernel - 1 - r) / stride + 1 : 0, 0, 0};
+  if (ph.taps == 0) return ph;
+  ph.first = pad > r ? (pad - r + stride - 1) / stride : 0;  // first u with ih >= 0
+  const int64_t top = in_size - 1 + pad - r;                  // last u with ih < in_size is top / stride
+  // Rows past the last output row plus taps - 1 receive nothing (they stay zero).
+  const int64_t end = std::min(top >= 0 ? top / stride + 1 : 0, out_size + ph.taps - 1);
+  ph.count = std::max<int64_t>(0, end - ph.first);
+  return ph;
+}
+
+// The stride-1 geometry that computes one phase: dY convolved with the phase's taps, flipped and
+// transposed, padded by taps - 1 on each side; its output row u is the phase's row u.
+ConvGeometry phase_geometry(const ConvGeometry& g, const Phase& rows, const Phase& cols) {
+  ConvGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.kernel_h = rows.taps;
+  t.kernel_w = cols.taps;
+  t.stride_h = t.stride_w = 1;
+  t.pad_h = rows.taps - 1;
+  t.pad_w = cols.taps - 1;
+  t.out_h = g.out_h + rows.taps - 1;
+  t.out_w = g.out_w + cols.taps - 1;
+  return t;
+}
+
+// A strided layer's input gradient, phase by phase: with ih + pad_h = stride_h * u + rh, input row ih
+// receives dY rows u - m through taps rh + stride_h * m only, so each (rh, rw) phase is a stride-1
+// convolution of dY that the blocked forward kernel computes; its rows and columns are then spread
+// over the input gradient with the stride. Every input pixel belongs to one phase: no sums across
+// phases, deterministic.
+at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+  at::Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  for (int64_t rh = 0; rh < g.stride_h; ++rh) {
+    const Phase rows = phase_of(rh, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
+    if (rows.count == 0) continue;
+    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+      const Phase cols = phase_of(rw, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
+      if (cols.count == 0) continue;
+      // The phase's taps, last first (flipped), as the forward weight (in, out / groups, taps, taps).
+      std::vector<int64_t> kh_flipped, kw_flipped;
+      for (int64_t m = rows.taps - 1; m >= 0; --m) kh_flipped.push_back(rh + m * g.stride_h);
+      for (int64_t m = cols.taps - 1; m >= 0; --m) kw_flipped.push_back(rw + m * g.stride_w);
+      const at::Tensor index_h = at::tensor(kh_flipped, weight.options().dtype(at::kLong));
+      const at::Tensor index_w = at::tensor(kw_flipped, weight.options().dtype(at::kLong));
+      const at::Tensor phase_weight = weight.index_select(2, index_h)
+                                          .index_select(3, index_w)
+                                          .view({g.groups, cout_g, cin_g, rows.taps, cols.taps})
+                                          .transpose(1, 2)
+                                          .reshape({g.in_channels, cout_g, rows.taps, cols.taps})
+                                          .contiguous();
+      const at::Tensor part = blocked_forward(phase_geometry(g, rows, cols), grad_output, phase_weight);
+      const int64_t ih0 = g.stride_h * rows.first + rh - g.pad_h, iw0 = g.stride_w * cols.first + rw - g.pad_w;
+      grad_input.slice(2, ih0, ih0 + (rows.count - 1) * g.stride_h + 1, g.stride_h)
+          .slice(3, iw0, iw0 + (cols.count - 1) * g.stride_w + 1, g.stride_w)
+          .copy_(part.slice(2, rows.first, rows.first + rows.count).slice(3, cols.first, cols.first + cols.count));
+    }
+  }
+  return grad_input;
+}
+
 // Depthwise and narrow groups at stride 1: the input gradient through the plane forward kernel on the
 // transposed geometry (its padded-grid path) instead of scattering tap by tap.
 bool plane_grad_input_as_forward(const ConvGeometry& g) {
@@ -408,6 +503,16 @@ at::Tensor plane_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
 }
 
 }  // namespace
+
+bool direct_grad_input_by_phases(const ConvGeometry& g, int64_t element_size) {
+  if ((g.stride_h == 1 && g.stride_w == 1) || g.dil_h != 1 || g.dil_w != 1) return false;
+  // Every phase's geometry must suit the blocked kernel; the one with the most taps has the most columns.
+  const Phase rows = phase_of(0, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
+  const Phase cols = phase_of(0, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
+  const int64_t lanes = element_size == 4 ? 16 : 8;
+  return g.in_channels_per_group() >= lanes && g.out_channels_per_group() >= 8 &&
+         padded_plane_in_proportion(phase_geometry(g, rows, cols), 65536.0);
+}
 
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
   if (g.stride_h != 1 || g.stride_w != 1) return false;
@@ -460,6 +565,9 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   const int64_t element_size = input.element_size();
   if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
     grad_input = blocked_grad_input(g, grad_output, weight);
+    output_mask[0] = false;
+  } else if (output_mask[0] && direct_grad_input_by_phases(g, element_size)) {
+    grad_input = phase_grad_input(g, grad_output, weight);
     output_mask[0] = false;
   } else if (output_mask[0] && plane_grad_input_as_forward(g)) {
     grad_input = plane_grad_input(g, grad_output, weight);

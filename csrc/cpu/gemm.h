@@ -45,8 +45,9 @@ struct MicroKernels {
   // a_base + col_offsets[p]
   void (*micro_gather)(int64_t kc, const T* a_base, const int64_t* col_offsets, const T* b_packed, T* c,
                        bool accumulate);
-  // dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols
-  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride);
+  // dst[col(j) + i] = src[i * src_stride + j] for i < rows, j < cols; col(j) = dst_cols ? dst_cols[j] : j * dst_stride
+  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
+                    const int64_t* dst_cols);
   void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
   void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
 };
