@@ -131,8 +131,9 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
   });
 }
 
-// Packed weights of one channel chunk of the blocked forward: about 20 KiB, so they stay in a 32-48 KiB L1.
-constexpr int64_t kWeightChunkBytes = 20 * 1024;
+// Packed weights of one channel chunk that a work item of the blocked forward packs for itself: they stay in
+// a 48 KiB L1.
+constexpr int64_t kWeightChunkBytes = 32 * 1024;
 
 // Register-blocked forward (see the top of the file). `in` is the input in channels-last layout with
 // the padding materialised as zeros (N, H + 2 pad_h, W + 2 pad_w, C), so every tap of every output pixel
@@ -154,24 +155,6 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   for (int64_t t = 0; t < taps; ++t)
     tap_offsets[t] = ((t / g.kernel_w) * g.dil_h * padded_w + (t % g.kernel_w) * g.dil_w) * channels;
 
-  // The reduction over (tap, input channel) runs in chunks of input channels whose packed weights,
-  // taps x chunk x nr elements, stay in L1 while a group of tiles reuses them.
-  const int64_t chunk = std::max<int64_t>(1, kWeightChunkBytes / (taps * nr * int64_t(sizeof(scalar_t))));
-
-  // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
-  // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
-  // A chunk is a contiguous run of (channel, tap) columns of the block's weight rows: one transpose, each
-  // column sent to its (tap, channel) row of the packed chunk.
-  const int64_t chunks = (cin_g + chunk - 1) / chunk;
-  const auto pack_chunk = [&](int64_t b, int64_t c0, scalar_t* dst, int64_t* row_of) {
-    const int64_t cc = std::min(chunk, cin_g - c0);
-    const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-    for (int64_t c = 0; c < cc; ++c)
-      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
-    if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
-    mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
-  };
-
   // One work item: a group of up to kTilesPerItem runs of mr consecutive output pixels (row-major over
   // the planes of all images) of one channel block. A short last run repeats its last pixel; the extra
   // results are dropped.
@@ -182,6 +165,26 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // goes, so the weights, often larger than the caches there, are read once and never written out whole;
   // otherwise they are packed once, up front.
   const bool pack_in_items = tile_groups <= 4;
+  // Items that pack their own weights do it by chunks of input channels (taps x chunk x nr elements) that
+  // stay in L1 while the item's tiles use them; weights packed up front are used whole (measured faster:
+  // no per-chunk restarts of the micro-kernel).
+  const int64_t chunk = pack_in_items ? std::min(cin_g, std::max<int64_t>(1, kWeightChunkBytes /
+                                                                                 (taps * nr * int64_t(sizeof(scalar_t)))))
+                                      : cin_g;
+  const int64_t chunks = (cin_g + chunk - 1) / chunk;
+  // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
+  // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
+  // A chunk is a contiguous run of (channel, tap) columns of the block's weight rows: one transpose, each
+  // column sent to its (tap, channel) row of the packed chunk.
+  const auto pack_chunk = [&](int64_t b, int64_t c0, scalar_t* dst, int64_t* row_of) {
+    const int64_t cc = std::min(chunk, cin_g - c0);
+    const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
+    for (int64_t c = 0; c < cc; ++c)
+      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
+    if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
+    mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
+  };
+
   std::unique_ptr<scalar_t[]> packed;
   scalar_t* wp = nullptr;
   if (!pack_in_items) {
