@@ -1,20 +1,21 @@
 // Direct convolution on CPU: computed straight from the input, with no column buffer.
 //
 // Forward, dense and wide grouped layers: a register-blocked kernel vectorised over output channels.
-// Weights are packed once into blocks of NR output channels; each tile of MR consecutive output pixels
-// of one row times NR channels is accumulated in vector registers over (input channel, tap), reading
-// the input pixels in place through a table of per-tap offsets. Tiles that touch the padding read
-// through a small zero-filled copy instead.
+// Weights are packed into blocks of NR output channels; each tile of MR consecutive output pixels (over
+// the planes of all images in turn) times NR channels is accumulated in vector registers over (input
+// channel, tap), reading the input pixels in place from a zero-padded channels-last copy through tables
+// of per-pixel and per-tap offsets, then transposed into the output planes.
 //
-// Backward of those layers: the input gradient (stride 1) is the same blocked forward kernel run on the
-// output gradient with flipped, transposed weights; the weight gradient is a GEMM over output pixels
-// whose patch rows are read in place from the zero-padded channels-last input.
+// Backward of those layers: the input gradient is the same blocked kernel run on the output gradient
+// with flipped, transposed weights (stride 1), or once per stride phase (strided layers, see
+// phase_grad_input); the weight gradient is a GEMM over output pixels whose patch operand is read in
+// place from the zero-padded channels-last input.
 //
-// Forward and backward for depthwise and narrow groups (and strided input gradients): each output plane (image, output
-// channel) is owned by one thread, which adds every input channel's contribution tap by tap; the
-// innermost loop runs along an output row, with edge handling hoisted out (valid_output_range), so it
-// vectorises. In the backward pass an input-gradient plane or a weight tap is owned by one thread and
-// summed in a fixed order, so it is deterministic.
+// Forward and backward for depthwise and narrow groups (and the remaining strided input gradients): each
+// output plane (image, output channel) is owned by one thread, which adds every input channel's
+// contribution tap by tap; the innermost loop runs along an output row, with edge handling hoisted out
+// (valid_output_range), so it vectorises. In the backward pass an input-gradient plane or a weight tap is
+// owned by one thread and summed in a fixed order, so it is deterministic.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
