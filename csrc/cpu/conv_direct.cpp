@@ -132,6 +132,9 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
   });
 }
 
+// Elements of dY^T that the weight gradient packs at a time (a slice of images): 16 MiB of floats.
+constexpr int64_t kWeightGradSliceElements = int64_t(4) << 20;
+
 // Packed weights of one channel chunk that a work item of the blocked forward packs for itself: they stay in
 // a 48 KiB L1.
 constexpr int64_t kWeightChunkBytes = 32 * 1024;
@@ -326,37 +329,46 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   const int64_t chunk_count = static_cast<int64_t>(chunks.size());
   const int64_t units = strips * chunk_count;  // C tiles, strip-major: neighbours share their dY strip
 
-  std::vector<int64_t> pixel_offsets(out_plane);
-  for (int64_t q = 0; q < out_plane; ++q)
-    pixel_offsets[q] = ((q / g.out_w) * g.stride_h * padded_w + (q % g.out_w) * g.stride_w) * g.in_channels;
+  // The reduction runs over the output pixels of a slice of images at a time (small planes then still
+  // give long passes); dY^T of a slice is bounded by kWeightGradSliceElements.
+  const int64_t per_image = g.groups * strips * out_plane * nr;
+  const int64_t images = std::max<int64_t>(1, std::min(g.batch, kWeightGradSliceElements / std::max<int64_t>(1, per_image)));
+  const int64_t slice_pixels = images * out_plane;
+  std::vector<int64_t> pixel_offsets(slice_pixels);
+  for (int64_t q = 0; q < slice_pixels; ++q) {
+    const int64_t pq = q % out_plane;
+    pixel_offsets[q] = (q / out_plane) * padded_image +
+                       ((pq / g.out_w) * g.stride_h * padded_w + (pq % g.out_w) * g.stride_w) * g.in_channels;
+  }
   constexpr int64_t kAlign = 64 / sizeof(scalar_t);
-  // dY^T of one image as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
-  std::vector<scalar_t> b_buf(g.groups * strips * out_plane * nr + kAlign, scalar_t(0)), c_buf(units * mr * nr + kAlign);
+  // dY^T of a slice as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
+  std::vector<scalar_t> b_buf(images * per_image + kAlign, scalar_t(0)), c_buf(units * mr * nr + kAlign);
   const auto aligned = [](std::vector<scalar_t>& v) {
     return reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
   };
   scalar_t* b_packed = aligned(b_buf);
   scalar_t* tiles = aligned(c_buf);
-  constexpr int64_t kPixelsPerPass = 128;  // a strip's kc x nr block of dY^T stays in L1 across its tiles
+  constexpr int64_t kPixelsPerPass = 512;
 
-  for (int64_t n = 0; n < g.batch; ++n) {  // images summed in order
-    at::parallel_for(0, g.groups * strips, 1, [&](int64_t s0, int64_t s1) {
+  for (int64_t n0 = 0; n0 < g.batch; n0 += images) {  // slices summed in order
+    const int64_t count = std::min(images, g.batch - n0), pixels = count * out_plane;
+    at::parallel_for(0, g.groups * strips * count, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
-        const int64_t grp = s / strips, first = (s % strips) * nr;
+        const int64_t strip = s / count, image = s % count, grp = strip / strips, first = (strip % strips) * nr;
         mk.transpose(std::min(nr, cout_g - first), out_plane,
-                     go + (n * g.out_channels + grp * cout_g + first) * out_plane, out_plane,
-                     b_packed + s * out_plane * nr, nr, nullptr);
+                     go + ((n0 + image) * g.out_channels + grp * cout_g + first) * out_plane, out_plane,
+                     b_packed + (strip * slice_pixels + image * out_plane) * nr, nr, nullptr);
       }
     });
     at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-      for (int64_t p0 = 0; p0 < out_plane; p0 += kPixelsPerPass) {
-        const int64_t kc = std::min(kPixelsPerPass, out_plane - p0);
+      for (int64_t p0 = 0; p0 < pixels; p0 += kPixelsPerPass) {
+        const int64_t kc = std::min(kPixelsPerPass, pixels - p0);
         for (int64_t u = u0; u < u1; ++u) {
           const PatchRows& chunk = chunks[u % chunk_count];
           const int64_t strip = u / chunk_count;
-          mk.micro_gather(kc, padded + n * padded_image + chunk.offset, pixel_offsets.data() + p0,
-                          b_packed + ((chunk.group * strips + strip) * out_plane + p0) * nr, tiles + u * mr * nr,
-                          n > 0 || p0 > 0);
+          mk.micro_gather(kc, padded + n0 * padded_image + chunk.offset, pixel_offsets.data() + p0,
+                          b_packed + ((chunk.group * strips + strip) * slice_pixels + p0) * nr, tiles + u * mr * nr,
+                          n0 > 0 || p0 > 0);
         }
       }
     });
@@ -382,8 +394,21 @@ at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_out
     blocked_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), buffer.const_data_ptr<scalar_t>(),
                                          grad_tap_major.mutable_data_ptr<scalar_t>());
   });
-  // (group, out, tap, in) -> the weight's (out, in, kh, kw).
-  return grad_tap_major.permute({0, 1, 3, 2}).reshape({g.out_channels, cin_g, g.kernel_h, g.kernel_w}).contiguous();
+  // (group, out, tap, in) -> the weight's (out, in, kh, kw), one output channel per step, written in order.
+  at::Tensor grad_weight = at::empty({g.out_channels, cin_g, g.kernel_h, g.kernel_w}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight_layout", [&] {
+    const scalar_t* src = grad_tap_major.const_data_ptr<scalar_t>();
+    scalar_t* dst = grad_weight.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.out_channels, 16, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        const scalar_t* in = src + o * taps * cin_g;
+        scalar_t* out = dst + o * cin_g * taps;
+        for (int64_t c = 0; c < cin_g; ++c)
+          for (int64_t t = 0; t < taps; ++t) out[c * taps + t] = in[t * cin_g + c];
+      }
+    });
+  });
+  return grad_weight;
 }
 
 // For stride 1 the input gradient is itself a convolution: dY, padded by dil * (k - 1) - pad, with the
@@ -404,11 +429,26 @@ ConvGeometry transposed_geometry(const ConvGeometry& g) {
 // The weights of the transposed convolution: flipped in space, input and output channels swapped.
 at::Tensor flipped_transposed_weight(const ConvGeometry& g, const at::Tensor& weight) {
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  return weight.view({g.groups, cout_g, cin_g, g.kernel_h, g.kernel_w})
-      .transpose(1, 2)
-      .flip({3, 4})
-      .reshape({g.in_channels, cout_g, g.kernel_h, g.kernel_w})
-      .contiguous();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const at::Tensor w = weight.contiguous();
+  at::Tensor flipped = at::empty({g.in_channels, cout_g, g.kernel_h, g.kernel_w}, weight.options());
+  // One (group, input channel) row of the result per step, written in order; a flip in both spatial
+  // dims is a reversal of the taps.
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "flipped_transposed_weight", [&] {
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* dst = flipped.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.in_channels, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t grp = r / cin_g, ci = r % cin_g;
+        scalar_t* out = dst + r * cout_g * taps;
+        for (int64_t co = 0; co < cout_g; ++co) {
+          const scalar_t* in = src + ((grp * cout_g + co) * cin_g + ci) * taps;
+          for (int64_t t = 0; t < taps; ++t) out[co * taps + t] = in[taps - 1 - t];
+        }
+      }
+    });
+  });
+  return flipped;
 }
 
 at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
