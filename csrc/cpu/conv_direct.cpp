@@ -318,7 +318,8 @@ std::vector<PatchRows> weight_grad_row_chunks(const ConvGeometry& g, int64_t mr)
 
 template <typename scalar_t>
 void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* padded, scalar_t* gw) {
-  const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
+  // The 12 x 32 tile on AVX-512 (measured faster here than the 6 x 64 one: half the dY^T bytes per step).
+  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t columns = g.kernel_h * g.kernel_w * cin_g, out_plane = g.out_h * g.out_w;
