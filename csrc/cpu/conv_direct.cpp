@@ -203,6 +203,16 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
     });
   }
 
+  // With one group, whole channels and no horizontal dilation, the (tap, channel) entries of one kernel
+  // row lie side by side in a padded channels-last pixel row, and the packed weights are in the same
+  // order: the micro-kernel then runs over kernel rows of kernel_w * channels entries each, instead of
+  // restarting per tap (the 7x7 stem's 3 channels, a 1-D front end's single one).
+  const bool merge_rows = g.groups == 1 && g.dil_w == 1 && chunk == cin_g;
+  std::vector<int64_t> row_offsets(g.kernel_h);
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) row_offsets[kh] = kh * g.dil_h * padded_w * channels;
+  const int64_t* k_offsets = merge_rows ? row_offsets.data() : tap_offsets.data();
+  const int64_t k_groups = merge_rows ? g.kernel_h : taps;
+
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(kTilesPerItem * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(tile_buf.data()) + 63) & ~uintptr_t(63));
@@ -226,8 +236,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
         const int64_t cc = std::min(chunk, cin_g - c0);
         const scalar_t* weights = wp ? wp + (b * k + c0 * taps) * nr : own_chunk;
         if (pack_in_items) pack_chunk(b, c0, own_chunk, row_of.data());
+        const int64_t run = merge_rows ? g.kernel_w * cc : cc;
         for (int64_t tl = 0; tl < group_tiles; ++tl)
-          mk.micro_conv(taps, cc, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(), weights,
+          mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, weights,
                         tile + tl * mr * nr, nr, c0 > 0);
       }
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
