@@ -35,6 +35,13 @@ CONV2D_CASES = [
     (1, 3, 30, 30, 24, 7, 2, 3, 1, 1, False),
     (1, 12, 16, 16, 16, 3, 1, 4, 3, 1, True),
     (1, 8, 12, 12, 16, 3, 1, 3, 1, 1, True),        # padding wider than the kernel's reach
+    # Strided layers with 16+ input channels per group: the direct input gradient runs per stride phase.
+    (2, 16, 11, 12, 24, 3, 2, 1, 1, 1, True),
+    (1, 32, 9, 9, 16, (3, 2), (2, 3), (1, 2), 1, 2, False),
+    (1, 16, 7, 8, 16, 4, 3, 3, 1, 1, True),
+    # A small output with many weights: work items pack their own weight chunks (partial last chunk and
+    # channel block).
+    (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
 ]
 
 # (N, Cin, L, Cout, kernel, stride, padding, dilation, groups, bias)
@@ -414,3 +421,15 @@ def test_im2col_merges_small_planes_across_images(groups):
         for ours, theirs in zip(torch.autograd.grad(got, (x, w, b), torch.ones_like(got)),
                                 torch.autograd.grad(expected, (x, w, b), torch.ones_like(expected))):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_direct_weight_gradient_over_slices_of_images():
+    # Enough output pixels per image that the weight gradient packs the output gradient of a few images at
+    # a time (four here), so the sum runs over two slices.
+    x = torch.randn(5, 4, 128, 128, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(64, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    out, ref = FC.conv2d(x, w, None, 1, 1, algo="direct"), F.conv2d(x, w, None, 1, 1)
+    grad_out = torch.randn_like(ref)
+    (got,) = torch.autograd.grad(out, [w], grad_out)
+    (want,) = torch.autograd.grad(ref, [w], grad_out)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
