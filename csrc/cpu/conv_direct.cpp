@@ -488,11 +488,7 @@ Phase phase_of(int64_t r, int64_t kernel, int64_t stride, int64_t pad, int64_t i
 // The stride-1 geometry that computes one phase: dY convolved with the phase's taps, flipped and
 // transposed, padded by taps - 1 on each side; its output row u is the phase's row u.
 ConvGeometry phase_geometry(const ConvGeometry& g, const Phase& rows, const Phase& cols) {
-  ConvGeometry t = g;
-  t.in_channels = g.out_channels;
-  t.out_channels = g.in_channels;
-  t.in_h = g.out_h;
-  t.in_w = g.out_w;
+  ConvGeometry t = transposed_geometry(g);
   t.kernel_h = rows.taps;
   t.kernel_w = cols.taps;
   t.stride_h = t.stride_w = 1;
