@@ -95,6 +95,26 @@ def test_max_pool_matches_torch(dims, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel,padding,dilation", [(4, 0, 1), (5, 2, 1), (3, 1, 2), (4, 2, 3)])
+def test_max_pool_stride_4_on_long_rows(kernel, padding, dilation, dtype):
+    # Rows long enough for the vectorised stride-4 path (16 and more interior outputs), with NaNs and
+    # ties, in 1-D and 2-D.
+    x = torch.randn(2, 3, 203, dtype=dtype)
+    x[0, 1, ::7] = float("nan")
+    x[1, 2, 40:80] = 1.5
+    x.requires_grad_()
+    x2 = x.detach().reshape(2, 3, 7, 29).clone().requires_grad_()
+    kwargs1 = dict(kernel_size=kernel, stride=4, padding=padding, dilation=dilation, return_indices=True)
+    kwargs2 = dict(kernel_size=(2, kernel), stride=(1, 4), padding=(0, padding), dilation=(1, dilation), return_indices=True)
+    for t, ours, theirs, kwargs in ((x, FC.max_pool1d, F.max_pool1d, kwargs1), (x2, FC.max_pool2d, F.max_pool2d, kwargs2)):
+        (out, idx), (ref, ref_idx) = ours(t, **kwargs), theirs(t, **kwargs)
+        assert torch.equal(idx, ref_idx)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+        grad_out = torch.randn_like(ref)
+        torch.testing.assert_close(_grads(out, t, grad_out), _grads(ref, t, grad_out), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims", [1, 2])
 def test_avg_pool_matches_torch(dims, dtype):
     checked = 0
