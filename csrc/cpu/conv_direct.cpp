@@ -477,7 +477,7 @@ struct Phase {
 Phase phase_of(int64_t r, int64_t kernel, int64_t stride, int64_t pad, int64_t in_size, int64_t out_size) {
   Phase ph{r, r < kernel ? (kernel - 1 - r) / stride + 1 : 0, 0, 0};
   if (ph.taps == 0) return ph;
-  ph.first = pad > r ? (pad - r + stride - 1) / stride : 0;  // first u with ih >= 0
+  ph.first = pad > r ? (pad - r - 1) / stride + 1 : 0;  // first u with ih >= 0 (rounded up, no overflow)
   const int64_t top = in_size - 1 + pad - r;                  // last u with ih < in_size is top / stride
   // Rows past the last output row plus taps - 1 receive nothing (they stay zero).
   const int64_t end = std::min(top >= 0 ? top / stride + 1 : 0, out_size + ph.taps - 1);
@@ -558,6 +558,9 @@ at::Tensor plane_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
 
 bool direct_grad_input_by_phases(const ConvGeometry& g, int64_t element_size) {
   if ((g.stride_h == 1 && g.stride_w == 1) || g.dil_h != 1 || g.dil_w != 1) return false;
+  // A stride past the kernel leaves phases without taps (and the phase loops run stride times); a
+  // padding out of proportion would overflow the phase arithmetic.
+  if (g.stride_h > g.kernel_h || g.stride_w > g.kernel_w || !padded_plane_in_proportion(g, 65536.0)) return false;
   // Every phase's geometry must suit the blocked kernel; the one with the most taps has the most columns.
   const Phase rows = phase_of(0, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
   const Phase cols = phase_of(0, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
