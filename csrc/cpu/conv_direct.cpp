@@ -226,11 +226,21 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
       const int64_t group_tiles = std::min(kTilesPerItem, tiles - first_tile);
       const int64_t q_first = first_tile * mr, pixels = std::min(group_tiles * mr, pixels_total - q_first);
+      // The pixels' (image, row, column) by counting, not dividing (divisions dominated small kernels).
+      int64_t n = q_first / out_plane, pq = q_first % out_plane, oh = pq / g.out_w, ow = pq % g.out_w;
       for (int64_t i = 0; i < group_tiles * mr; ++i) {
-        const int64_t q = q_first + std::min(i, pixels - 1), n = q / out_plane, pq = q % out_plane;
-        const int64_t oh = pq / g.out_w, ow = pq % g.out_w;
+        if (i >= pixels) {  // past the last pixel: repeat it
+          pixel_offsets[i] = pixel_offsets[pixels - 1];
+          out_offsets[i] = out_offsets[pixels - 1];
+          continue;
+        }
         pixel_offsets[i] = n * in_image + (oh * g.stride_h * padded_w + ow * g.stride_w) * channels;
         out_offsets[i] = (n * g.out_channels + grp * cout_g + first) * out_plane + pq;
+        ++pq;
+        if (++ow == g.out_w) {
+          ow = 0;
+          if (++oh == g.out_h) oh = 0, pq = 0, ++n;
+        }
       }
       for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
         const int64_t cc = std::min(chunk, cin_g - c0);
