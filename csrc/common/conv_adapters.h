@@ -27,8 +27,9 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 // - CPU, dense layers: direct (its register tiles run over the pixels of all images, so small planes
 //   fill them too). The input gradient of a strided layer: direct (stride-1 convolutions, one per
 //   stride phase) for small outputs, at most 1024 pixels over the batch, with at least 16 input and 8
-//   output channels per group, no dilation and a stride within the kernel; im2col otherwise (ResNet-18 at batch 8, 2 threads: the
-//   phases take 7.6 ms against im2col's 9.3 on layer4.0, 6.2 against 5.2 on layer2.0).
+//   output channels per group, no dilation and a stride within the kernel (the conditions of
+//   direct_grad_input_by_phases in cpu/conv_direct.cpp); im2col otherwise (ResNet-18 at batch 8, 2
+//   threads: the phases take 7.6 ms against im2col's 9.3 on layer4.0, 6.2 against 5.2 on layer2.0).
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
   if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
   if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;

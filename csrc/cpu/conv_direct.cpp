@@ -193,7 +193,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   scalar_t* wp = nullptr;
   if (!pack_in_items) {
     packed.reset(new scalar_t[g.groups * blocks * k * nr + 64 / sizeof(scalar_t)]);
-    wp = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(packed.get()) + 63) & ~uintptr_t(63));
+    wp = align_64(packed.get());
     at::parallel_for(0, g.groups * blocks * chunks, 1, [&](int64_t r0, int64_t r1) {
       std::vector<int64_t> row_of(chunk * taps);
       for (int64_t r = r0; r < r1; ++r) {
@@ -215,10 +215,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(kTilesPerItem * mr * nr + 64 / sizeof(scalar_t));
-    scalar_t* tile = reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(tile_buf.data()) + 63) & ~uintptr_t(63));
+    scalar_t* tile = align_64(tile_buf.data());
     std::vector<scalar_t> chunk_buf(pack_in_items ? chunk * taps * nr + 64 / sizeof(scalar_t) : 0);
-    scalar_t* own_chunk =
-        reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(chunk_buf.data()) + 63) & ~uintptr_t(63));
+    scalar_t* own_chunk = align_64(chunk_buf.data());
     std::vector<int64_t> row_of(pack_in_items ? chunk * taps : 0);
     std::vector<int64_t> pixel_offsets(kTilesPerItem * mr), out_offsets(kTilesPerItem * mr);
     for (int64_t r = r0; r < r1; ++r) {
@@ -305,7 +304,7 @@ at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const
 // built: in the zero-padded channels-last input the entries of one tap (its cin_g channels), and with one
 // group and no horizontal dilation those of a whole kernel row (kernel_w taps x channels), lie side by
 // side for every pixel, so the micro-kernel reads MR of them in place per pixel (micro_gather). Only dY
-// is packed (transposed), once per image. Each C tile is owned by one thread and summed over images and
+// is packed (transposed), once per slice of images. Each C tile is owned by one thread and summed over images and
 // pixels in a fixed order: deterministic, whatever the thread count.
 struct PatchRows {
   int64_t group;
@@ -365,11 +364,8 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   constexpr int64_t kAlign = 64 / sizeof(scalar_t);
   // dY^T of a slice as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
   std::vector<scalar_t> b_buf(images * per_image + kAlign, scalar_t(0)), c_buf(units * mr * nr + kAlign);
-  const auto aligned = [](std::vector<scalar_t>& v) {
-    return reinterpret_cast<scalar_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
-  };
-  scalar_t* b_packed = aligned(b_buf);
-  scalar_t* tiles = aligned(c_buf);
+  scalar_t* b_packed = align_64(b_buf.data());
+  scalar_t* tiles = align_64(c_buf.data());
   constexpr int64_t kPixelsPerPass = 512;
 
   for (int64_t n0 = 0; n0 < g.batch; n0 += images) {  // slices summed in order
@@ -545,6 +541,23 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
   return grad_input;
 }
 
+// Output channels per group from which the blocked kernels' channel vectors pay: a vector's lanes.
+int64_t blocked_min_channels(int64_t element_size) { return element_size == 4 ? 16 : 8; }
+
+// Whether the strided input gradient runs by phases: every phase's geometry (of the transposed problem,
+// whose output channels are the layer's input channels) suits the blocked kernel.
+bool direct_grad_input_by_phases(const ConvGeometry& g, int64_t element_size) {
+  if ((g.stride_h == 1 && g.stride_w == 1) || g.dil_h != 1 || g.dil_w != 1) return false;
+  // A stride past the kernel leaves phases without taps (and the phase loops run stride times); a
+  // padding out of proportion would overflow the phase arithmetic.
+  if (g.stride_h > g.kernel_h || g.stride_w > g.kernel_w || !padded_plane_in_proportion(g, 65536.0)) return false;
+  // Every phase's geometry must suit the blocked kernel; the one with the most taps has the most columns.
+  const Phase rows = phase_of(0, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
+  const Phase cols = phase_of(0, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
+  return g.in_channels_per_group() >= blocked_min_channels(element_size) && g.out_channels_per_group() >= 8 &&
+         padded_plane_in_proportion(phase_geometry(g, rows, cols), 65536.0);
+}
+
 // Depthwise and narrow groups at stride 1: the input gradient through the plane forward kernel on the
 // transposed geometry (its padded-grid path) instead of scattering tap by tap.
 bool plane_grad_input_as_forward(const ConvGeometry& g) {
@@ -566,19 +579,6 @@ at::Tensor plane_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
 
 }  // namespace
 
-bool direct_grad_input_by_phases(const ConvGeometry& g, int64_t element_size) {
-  if ((g.stride_h == 1 && g.stride_w == 1) || g.dil_h != 1 || g.dil_w != 1) return false;
-  // A stride past the kernel leaves phases without taps (and the phase loops run stride times); a
-  // padding out of proportion would overflow the phase arithmetic.
-  if (g.stride_h > g.kernel_h || g.stride_w > g.kernel_w || !padded_plane_in_proportion(g, 65536.0)) return false;
-  // Every phase's geometry must suit the blocked kernel; the one with the most taps has the most columns.
-  const Phase rows = phase_of(0, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
-  const Phase cols = phase_of(0, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
-  const int64_t lanes = element_size == 4 ? 16 : 8;
-  return g.in_channels_per_group() >= lanes && g.out_channels_per_group() >= 8 &&
-         padded_plane_in_proportion(phase_geometry(g, rows, cols), 65536.0);
-}
-
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
   if (g.stride_h != 1 || g.stride_w != 1) return false;
   const ConvGeometry t = transposed_geometry(g);
@@ -590,8 +590,8 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
   // to 2**62, which torch accepts) goes to the plane kernels instead.
   if (!padded_plane_in_proportion(g, 65536.0)) return false;
   // Vectorising over output channels pays once a group has a good fraction of a vector of them.
-  const int64_t lanes = element_size == 4 ? 16 : 8;
-  return g.out_channels_per_group() >= lanes && g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
+  return g.out_channels_per_group() >= blocked_min_channels(element_size) &&
+         g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
 }
 
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {

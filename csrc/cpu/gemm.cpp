@@ -123,8 +123,8 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_rs, int64_
   // (new T[] without "()" leaves the buffers uninitialised: packing writes every element it reads.)
   std::unique_ptr<T[]> b_buf(new T[kc_max * nc + 64 / sizeof(T)]);
   std::unique_ptr<T[]> a_buf(new T[kc_max * std::min<int64_t>(mc, round_up(m, mr)) + 64 / sizeof(T)]);
-  T* b_packed = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(b_buf.get()) + 63) & ~uintptr_t(63));
-  T* a_packed = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(a_buf.get()) + 63) & ~uintptr_t(63));
+  T* b_packed = align_64(b_buf.get());
+  T* a_packed = align_64(a_buf.get());
 
   for (int64_t jc = 0; jc < n; jc += nc) {
     const int64_t ncur = std::min(nc, n - jc);
