@@ -139,11 +139,24 @@ constexpr int64_t kWeightGradSliceElements = int64_t(4) << 20;
 // a 48 KiB L1.
 constexpr int64_t kWeightChunkBytes = 32 * 1024;
 
+// An input gradient's weight for the blocked forward: the layer's own weight (out, in / groups, kh, kw),
+// read in place as the weight of a convolution of dY (input and output channels swapped) whose tap t is
+// the layer's tap layer_tap[t] (flipped, and for a stride phase only some of them). Packing reads it so:
+// no transposed copy is made.
+struct TransposedTaps {
+  std::vector<int64_t> layer_tap;  // row-major over the kernel's taps
+  int64_t layer_taps;              // kh * kw of the layer
+};
+
 // Register-blocked forward (see the top of the file). `in` is the input in channels-last layout with
 // the padding materialised as zeros (N, H + 2 pad_h, W + 2 pad_w, C), so every tap of every output pixel
 // reads inside it and one kernel serves borders and interior alike.
+//
+// `w` is the weight (out, in / groups, kh, kw), or, with `transposed`, that of the layer whose input
+// gradient this computes (see TransposedTaps).
 template <typename scalar_t>
-void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
+void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out,
+                            const TransposedTaps* transposed) {
   const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
@@ -186,6 +199,19 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
     for (int64_t c = 0; c < cc; ++c)
       for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
     if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
+    if (transposed) {
+      // Row c0 + c of the layer's weight holds (this kernel's output channel, layer tap) in that order.
+      const int64_t layer_taps = transposed->layer_taps;
+      for (int64_t c = 0; c < cc; ++c) {
+        const scalar_t* src = w + ((grp * cin_g + c0 + c) * cout_g + first) * layer_taps;
+        for (int64_t t = 0; t < taps; ++t) {
+          const scalar_t* tap_src = src + transposed->layer_tap[t];
+          scalar_t* row = dst + (t * cc + c) * nr;
+          for (int64_t j = 0; j < cols; ++j) row[j] = tap_src[j * layer_taps];
+        }
+      }
+      return;
+    }
     mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
   };
 
@@ -289,12 +315,14 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
   return buffer;
 }
 
-at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
+at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const TransposedTaps* transposed = nullptr) {
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const at::Tensor padded = padded_channels_last(input, g.pad_h, g.pad_w);
+  const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_conv2d_forward", [&] {
-    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-                                     out.mutable_data_ptr<scalar_t>());
+    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                     out.mutable_data_ptr<scalar_t>(), transposed);
   });
   return out;
 }
@@ -342,13 +370,12 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t columns = g.kernel_h * g.kernel_w * cin_g, out_plane = g.out_h * g.out_w;
+  const int64_t taps = g.kernel_h * g.kernel_w, columns = taps * cin_g, out_plane = g.out_h * g.out_w;
   const int64_t padded_w = g.in_w + 2 * g.pad_w;
   const int64_t padded_image = (g.in_h + 2 * g.pad_h) * padded_w * g.in_channels;
   const int64_t strips = (cout_g + nr - 1) / nr;  // of nr output channels
   const std::vector<PatchRows> chunks = weight_grad_row_chunks(g, mr);
   const int64_t chunk_count = static_cast<int64_t>(chunks.size());
-  const int64_t units = strips * chunk_count;  // C tiles, strip-major: neighbours share their dY strip
 
   // The reduction runs over the output pixels of a slice of images at a time (small planes then still
   // give long passes); dY^T of a slice is bounded by kWeightGradSliceElements.
@@ -361,12 +388,33 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
     pixel_offsets[q] = (q / out_plane) * padded_image +
                        ((pq / g.out_w) * g.stride_h * padded_w + (pq % g.out_w) * g.stride_w) * g.in_channels;
   }
-  constexpr int64_t kAlign = 64 / sizeof(scalar_t);
+  // The tiles of one group's dW^T that hold each of its weights, in the weight's (channel, kh, kw) order:
+  // chunk (an index into chunks, group-relative) and row within the chunk.
+  const int64_t chunks_per_group = chunk_count / g.groups;
+  const int64_t tile_elements = mr * nr;
+  std::vector<int64_t> chunk_of(columns), tile_offset(columns);  // tile_offset: of its row from tile 0
+  for (int64_t c = 0; c < chunks_per_group; ++c)
+    for (int64_t i = 0; i < chunks[c].rows; ++i) {
+      const int64_t r = chunks[c].first_row + i, position = (r % cin_g) * taps + r / cin_g;
+      chunk_of[position] = c;
+      tile_offset[position] = c * tile_elements + i * nr;
+    }
+
+  // Work items: (group, strip) x a range of the group's chunks. One range (each item then writes whole
+  // rows of dW, in order) unless there are fewer (group, strip) pairs than threads, or a strip's tiles
+  // would pass 1 MiB.
+  const int64_t strip_pairs = g.groups * strips;
+  const int64_t by_threads = (at::get_num_threads() + strip_pairs - 1) / strip_pairs;
+  const int64_t by_memory = (chunks_per_group * tile_elements * int64_t(sizeof(scalar_t)) + (int64_t(1) << 20) - 1) >> 20;
+  const int64_t parts = std::min(chunks_per_group, std::max(by_threads, by_memory));
+  const int64_t part_chunks = (chunks_per_group + parts - 1) / parts;
+
   // dY^T of a slice as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
-  std::vector<scalar_t> b_buf(images * per_image + kAlign, scalar_t(0)), c_buf(units * mr * nr + kAlign);
+  std::vector<scalar_t> b_buf(images * per_image + 64 / sizeof(scalar_t), scalar_t(0));
   scalar_t* b_packed = align_64(b_buf.data());
-  scalar_t* tiles = align_64(c_buf.data());
-  constexpr int64_t kPixelsPerPass = 512;
+  // Pixels per pass: the pass's dY^T strip (kPixelsPerPass x NR) stays in L1 while the item's tiles read
+  // their patch entries (from L2).
+  constexpr int64_t kPixelsPerPass = 256;
 
   for (int64_t n0 = 0; n0 < g.batch; n0 += images) {  // slices summed in order
     const int64_t count = std::min(images, g.batch - n0), pixels = count * out_plane;
@@ -378,53 +426,56 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
                      b_packed + (strip * slice_pixels + image * out_plane) * nr, nr, nullptr);
       }
     });
-    at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-      for (int64_t p0 = 0; p0 < pixels; p0 += kPixelsPerPass) {
-        const int64_t kc = std::min(kPixelsPerPass, pixels - p0);
-        for (int64_t u = u0; u < u1; ++u) {
-          const PatchRows& chunk = chunks[u % chunk_count];
-          const int64_t strip = u / chunk_count;
-          mk.micro_gather(kc, padded + n0 * padded_image + chunk.offset, pixel_offsets.data() + p0,
-                          b_packed + ((chunk.group * strips + strip) * slice_pixels + p0) * nr, tiles + u * mr * nr,
-                          n0 > 0 || p0 > 0);
+    at::parallel_for(0, strip_pairs * parts, 1, [&](int64_t w0, int64_t w1) {
+      constexpr int64_t kRun = 16;  // weights moved per transpose (a multiple of every vector width)
+      std::unique_ptr<scalar_t[]> tile_buf(new scalar_t[part_chunks * tile_elements + kRun * nr + 64 / sizeof(scalar_t)]);
+      scalar_t* tiles = align_64(tile_buf.get());
+      scalar_t* staging = tiles + part_chunks * tile_elements;  // kRun rows of nr
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t pair = w / parts, grp = pair / strips, strip = pair % strips, first = strip * nr;
+        const int64_t c0 = (w % parts) * part_chunks, c1 = std::min(chunks_per_group, c0 + part_chunks);
+        const int64_t cols = std::min(nr, cout_g - first);
+        scalar_t* origin = gw + (grp * cout_g + first) * columns;  // dW row of the strip's first channel
+        // A later slice starts from what the earlier ones left in dW.
+        if (n0 > 0)
+          for (int64_t j = 0; j < cols; ++j)
+            for (int64_t q = 0; q < columns; ++q)
+              if (chunk_of[q] >= c0 && chunk_of[q] < c1)
+                tiles[tile_offset[q] - c0 * tile_elements + j] = origin[j * columns + q];
+        const scalar_t* b_strip = b_packed + (grp * strips + strip) * slice_pixels * nr;
+        for (int64_t p0 = 0; p0 < pixels; p0 += kPixelsPerPass) {
+          const int64_t kc = std::min(kPixelsPerPass, pixels - p0);
+          for (int64_t c = c0; c < c1; ++c)
+            mk.micro_gather(kc, padded + n0 * padded_image + chunks[grp * chunks_per_group + c].offset,
+                            pixel_offsets.data() + p0, b_strip + p0 * nr, tiles + (c - c0) * tile_elements,
+                            n0 > 0 || p0 > 0);
         }
+        // The tiles ((tap, channel) x output channel) into dW, written in its order: with all the chunks,
+        // kRun weights at a time, their tile rows gathered and transposed in registers.
+        if (parts == 1) {
+          for (int64_t q0 = 0; q0 < columns; q0 += kRun) {
+            const int64_t run = std::min(kRun, columns - q0);
+            for (int64_t i = 0; i < run; ++i)
+              std::memcpy(staging + i * nr, tiles + tile_offset[q0 + i], cols * sizeof(scalar_t));
+            mk.transpose(run, cols, staging, nr, origin + q0, columns, nullptr);
+          }
+          continue;
+        }
+        for (int64_t j = 0; j < cols; ++j)
+          for (int64_t q = 0; q < columns; ++q)
+            if (chunk_of[q] >= c0 && chunk_of[q] < c1) origin[j * columns + q] = tiles[tile_offset[q] - c0 * tile_elements + j];
       }
     });
   }
-  // Tiles ((tap, channel) x output channel) -> dW in (group, output channel, tap, channel) order.
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const PatchRows& chunk = chunks[u % chunk_count];
-      const int64_t first = (u / chunk_count) * nr;
-      mk.transpose(chunk.rows, std::min(nr, cout_g - first), tiles + u * mr * nr, nr,
-                   gw + (chunk.group * cout_g + first) * columns + chunk.first_row, columns, nullptr);
-    }
-  });
 }
 
 at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
   // The last chunk of a segment may read up to MR - 1 entries past the padded input: zeroed slack.
   const at::Tensor buffer = padded_channels_last(input, g.pad_h, g.pad_w, /*slack=*/64);
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  at::Tensor grad_tap_major = at::empty({g.groups, cout_g, taps, cin_g}, input.options());
+  at::Tensor grad_weight = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight", [&] {
     blocked_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), buffer.const_data_ptr<scalar_t>(),
-                                         grad_tap_major.mutable_data_ptr<scalar_t>());
-  });
-  // (group, out, tap, in) -> the weight's (out, in, kh, kw), one output channel per step, written in order.
-  at::Tensor grad_weight = at::empty({g.out_channels, cin_g, g.kernel_h, g.kernel_w}, input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight_layout", [&] {
-    const scalar_t* src = grad_tap_major.const_data_ptr<scalar_t>();
-    scalar_t* dst = grad_weight.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.out_channels, 16, [&](int64_t o0, int64_t o1) {
-      for (int64_t o = o0; o < o1; ++o) {
-        const scalar_t* in = src + o * taps * cin_g;
-        scalar_t* out = dst + o * cin_g * taps;
-        for (int64_t c = 0; c < cin_g; ++c)
-          for (int64_t t = 0; t < taps; ++t) out[c * taps + t] = in[t * cin_g + c];
-      }
-    });
+                                         grad_weight.mutable_data_ptr<scalar_t>());
   });
   return grad_weight;
 }
@@ -470,7 +521,9 @@ at::Tensor flipped_transposed_weight(const ConvGeometry& g, const at::Tensor& we
 }
 
 at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
-  return blocked_forward(transposed_geometry(g), grad_output, flipped_transposed_weight(g, weight));
+  TransposedTaps flipped{std::vector<int64_t>(g.kernel_h * g.kernel_w), g.kernel_h * g.kernel_w};
+  for (int64_t t = 0; t < flipped.layer_taps; ++t) flipped.layer_tap[t] = flipped.layer_taps - 1 - t;  // flipped in both dims
+  return blocked_forward(transposed_geometry(g), grad_output, weight, &flipped);
 }
 
 // The taps of one phase of a strided input gradient (dilation 1): the input rows ih with
@@ -512,26 +565,18 @@ ConvGeometry phase_geometry(const ConvGeometry& g, const Phase& rows, const Phas
 // phases, deterministic.
 at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
   at::Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   for (int64_t rh = 0; rh < g.stride_h; ++rh) {
     const Phase rows = phase_of(rh, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
     if (rows.count == 0) continue;
     for (int64_t rw = 0; rw < g.stride_w; ++rw) {
       const Phase cols = phase_of(rw, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
       if (cols.count == 0) continue;
-      // The phase's taps, last first (flipped), as the forward weight (in, out / groups, taps, taps).
-      std::vector<int64_t> kh_flipped, kw_flipped;
-      for (int64_t m = rows.taps - 1; m >= 0; --m) kh_flipped.push_back(rh + m * g.stride_h);
-      for (int64_t m = cols.taps - 1; m >= 0; --m) kw_flipped.push_back(rw + m * g.stride_w);
-      const at::Tensor index_h = at::tensor(kh_flipped, weight.options().dtype(at::kLong));
-      const at::Tensor index_w = at::tensor(kw_flipped, weight.options().dtype(at::kLong));
-      const at::Tensor phase_weight = weight.index_select(2, index_h)
-                                          .index_select(3, index_w)
-                                          .view({g.groups, cout_g, cin_g, rows.taps, cols.taps})
-                                          .transpose(1, 2)
-                                          .reshape({g.in_channels, cout_g, rows.taps, cols.taps})
-                                          .contiguous();
-      const at::Tensor part = blocked_forward(phase_geometry(g, rows, cols), grad_output, phase_weight);
+      // The phase's taps, last first (flipped).
+      TransposedTaps phase_taps{{}, g.kernel_h * g.kernel_w};
+      for (int64_t a = rows.taps - 1; a >= 0; --a)
+        for (int64_t b = cols.taps - 1; b >= 0; --b)
+          phase_taps.layer_tap.push_back((rh + a * g.stride_h) * g.kernel_w + rw + b * g.stride_w);
+      const at::Tensor part = blocked_forward(phase_geometry(g, rows, cols), grad_output, weight, &phase_taps);
       const int64_t ih0 = g.stride_h * rows.first + rh - g.pad_h, iw0 = g.stride_w * cols.first + rw - g.pad_w;
       grad_input.slice(2, ih0, ih0 + (rows.count - 1) * g.stride_h + 1, g.stride_h)
           .slice(3, iw0, iw0 + (cols.count - 1) * g.stride_w + 1, g.stride_w)
