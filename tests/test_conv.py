@@ -39,6 +39,7 @@ CONV2D_CASES = [
     (2, 16, 11, 12, 24, 3, 2, 1, 1, 1, True),
     (1, 32, 9, 9, 16, (3, 2), (2, 3), (1, 2), 1, 2, False),
     (1, 16, 7, 8, 16, 4, 3, 3, 1, 1, True),
+    (2, 16, 12, 12, 16, 3, 2, 0, 1, 1, False),      # the last input row and column receive no gradient
     # A small output with many weights: work items pack their own weight chunks (partial last chunk and
     # channel block).
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),

@@ -315,16 +315,22 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
   return buffer;
 }
 
-at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                           const TransposedTaps* transposed = nullptr) {
-  at::Tensor out = at::empty(g.output_sizes(), input.options());
-  const at::Tensor padded = padded_channels_last(input, g.pad_h, g.pad_w);
+// The blocked forward of an input already copied by padded_channels_last (with g's padding), from `offset`
+// elements into that copy.
+at::Tensor blocked_forward_of_padded(const ConvGeometry& g, const at::Tensor& padded, int64_t offset,
+                                     const at::Tensor& weight, const TransposedTaps* transposed) {
+  at::Tensor out = at::empty(g.output_sizes(), padded.options());
   const at::Tensor w = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_conv2d_forward", [&] {
-    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+  AT_DISPATCH_FLOATING_TYPES(padded.scalar_type(), "blocked_conv2d_forward", [&] {
+    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>() + offset, w.const_data_ptr<scalar_t>(),
                                      out.mutable_data_ptr<scalar_t>(), transposed);
   });
   return out;
+}
+
+at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const TransposedTaps* transposed = nullptr) {
+  return blocked_forward_of_padded(g, padded_channels_last(input, g.pad_h, g.pad_w), 0, weight, transposed);
 }
 
 // The weight gradient as a GEMM over output pixels: dW[grp]^T ((tap, cin_g) x cout_g) = sum over images
@@ -564,25 +570,58 @@ ConvGeometry phase_geometry(const ConvGeometry& g, const Phase& rows, const Phas
 // over the input gradient with the stride. Every input pixel belongs to one phase: no sums across
 // phases, deterministic.
 at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
-  at::Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  // A phase pads dY by its taps - 1 (at most ceil(kernel / stride) - 1): one copy padded by the most serves
+  // them all, each phase starting as far in as its own padding is short of that.
+  const int64_t pad_h = (g.kernel_h + g.stride_h - 1) / g.stride_h - 1, pad_w = (g.kernel_w + g.stride_w - 1) / g.stride_w - 1;
+  const at::Tensor padded = padded_channels_last(grad_output, pad_h, pad_w);
+  std::vector<Phase> row_phases, col_phases;
+  for (int64_t rh = 0; rh < g.stride_h; ++rh) row_phases.push_back(phase_of(rh, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h));
+  for (int64_t rw = 0; rw < g.stride_w; ++rw) col_phases.push_back(phase_of(rw, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w));
+  std::vector<at::Tensor> parts(g.stride_h * g.stride_w);  // (N, C_in, rows, cols) of phase (rh, rw)
   for (int64_t rh = 0; rh < g.stride_h; ++rh) {
-    const Phase rows = phase_of(rh, g.kernel_h, g.stride_h, g.pad_h, g.in_h, g.out_h);
+    const Phase& rows = row_phases[rh];
     if (rows.count == 0) continue;
     for (int64_t rw = 0; rw < g.stride_w; ++rw) {
-      const Phase cols = phase_of(rw, g.kernel_w, g.stride_w, g.pad_w, g.in_w, g.out_w);
+      const Phase& cols = col_phases[rw];
       if (cols.count == 0) continue;
       // The phase's taps, last first (flipped).
       TransposedTaps phase_taps{{}, g.kernel_h * g.kernel_w};
       for (int64_t a = rows.taps - 1; a >= 0; --a)
         for (int64_t b = cols.taps - 1; b >= 0; --b)
           phase_taps.layer_tap.push_back((rh + a * g.stride_h) * g.kernel_w + rw + b * g.stride_w);
-      const at::Tensor part = blocked_forward(phase_geometry(g, rows, cols), grad_output, weight, &phase_taps);
-      const int64_t ih0 = g.stride_h * rows.first + rh - g.pad_h, iw0 = g.stride_w * cols.first + rw - g.pad_w;
-      grad_input.slice(2, ih0, ih0 + (rows.count - 1) * g.stride_h + 1, g.stride_h)
-          .slice(3, iw0, iw0 + (cols.count - 1) * g.stride_w + 1, g.stride_w)
-          .copy_(part.slice(2, rows.first, rows.first + rows.count).slice(3, cols.first, cols.first + cols.count));
+      ConvGeometry t = phase_geometry(g, rows, cols);
+      const int64_t offset = ((pad_h - t.pad_h) * (t.in_w + 2 * pad_w) + pad_w - t.pad_w) * t.in_channels;
+      t.pad_h = pad_h;  // the shared copy's layout; the output size stays the phase's
+      t.pad_w = pad_w;
+      parts[rh * g.stride_w + rw] = blocked_forward_of_padded(t, padded, offset, weight, &phase_taps);
     }
   }
+  // Input row ih is row u = (ih + pad) / stride of phase (ih + pad) mod stride, and the same for columns:
+  // each row of the input gradient is written once, in order, from the phases' rows (zero where no phase
+  // reaches).
+  at::Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "phase_grad_input", [&] {
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t ih = 0; ih < g.in_h; ++ih) {
+          scalar_t* row = gi + (p * g.in_h + ih) * g.in_w;
+          std::fill(row, row + g.in_w, scalar_t(0));
+          const int64_t rh = (ih + g.pad_h) % g.stride_h, u = (ih + g.pad_h) / g.stride_h;
+          const Phase& rows = row_phases[rh];
+          if (u < rows.first || u >= rows.first + rows.count) continue;
+          for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+            const at::Tensor& part = parts[rh * g.stride_w + rw];
+            if (!part.defined()) continue;
+            const Phase& cols = col_phases[rw];
+            const int64_t part_w = part.size(3);
+            const scalar_t* src = part.const_data_ptr<scalar_t>() + (p * part.size(2) + u) * part_w;
+            scalar_t* dst = row + rw - g.pad_w;
+            for (int64_t v = cols.first; v < cols.first + cols.count; ++v) dst[v * g.stride_w] = src[v];
+          }
+        }
+    });
+  });
   return grad_input;
 }
 
