@@ -424,10 +424,10 @@ def test_im2col_merges_small_planes_across_images(groups):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
-def test_direct_weight_gradient_over_slices_of_images():
-    # Enough output pixels per image that the weight gradient packs the output gradient of a few images at
-    # a time (four here), so the sum runs over two slices.
-    x = torch.randn(5, 4, 128, 128, dtype=torch.float64, requires_grad=True)
+def test_direct_weight_gradient_over_many_images():
+    # A long reduction: the weight gradient sums passes of output pixels over five large images, the
+    # passes crossing from one image to the next (127 x 127 planes).
+    x = torch.randn(5, 4, 127, 127, dtype=torch.float64, requires_grad=True)
     w = torch.randn(64, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     out, ref = FC.conv2d(x, w, None, 1, 1, algo="direct"), F.conv2d(x, w, None, 1, 1)
     grad_out = torch.randn_like(ref)

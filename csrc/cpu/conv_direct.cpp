@@ -132,9 +132,6 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
   });
 }
 
-// Elements of dY^T that the weight gradient packs at a time (a slice of images): 16 MiB of floats.
-constexpr int64_t kWeightGradSliceElements = int64_t(4) << 20;
-
 // Packed weights of one channel chunk that a work item of the blocked forward packs for itself: they stay in
 // a 48 KiB L1.
 constexpr int64_t kWeightChunkBytes = 32 * 1024;
@@ -338,8 +335,9 @@ at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const
 // built: in the zero-padded channels-last input the entries of one tap (its cin_g channels), and with one
 // group and no horizontal dilation those of a whole kernel row (kernel_w taps x channels), lie side by
 // side for every pixel, so the micro-kernel reads MR of them in place per pixel (micro_gather). Only dY
-// is packed (transposed), once per slice of images. Each C tile is owned by one thread and summed over images and
-// pixels in a fixed order: deterministic, whatever the thread count.
+// is packed (transposed), a pass of pixels at a time by the work item that uses it. Each C tile is owned
+// by one thread and summed over images and pixels in a fixed order: deterministic, whatever the thread
+// count.
 struct PatchRows {
   int64_t group;
   int64_t offset;     // of its first entry, from a pixel's first element in the padded input
@@ -383,22 +381,11 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   const std::vector<PatchRows> chunks = weight_grad_row_chunks(g, mr);
   const int64_t chunk_count = static_cast<int64_t>(chunks.size());
 
-  // The reduction runs over the output pixels of a slice of images at a time (small planes then still
-  // give long passes); dY^T of a slice is bounded by kWeightGradSliceElements.
-  const int64_t per_image = g.groups * strips * out_plane * nr;
-  const int64_t images = std::max<int64_t>(1, std::min(g.batch, kWeightGradSliceElements / std::max<int64_t>(1, per_image)));
-  const int64_t slice_pixels = images * out_plane;
-  std::vector<int64_t> pixel_offsets(slice_pixels);
-  for (int64_t q = 0; q < slice_pixels; ++q) {
-    const int64_t pq = q % out_plane;
-    pixel_offsets[q] = (q / out_plane) * padded_image +
-                       ((pq / g.out_w) * g.stride_h * padded_w + (pq % g.out_w) * g.stride_w) * g.in_channels;
-  }
   // The tiles of one group's dW^T that hold each of its weights, in the weight's (channel, kh, kw) order:
-  // chunk (an index into chunks, group-relative) and row within the chunk.
+  // chunk (an index into chunks, group-relative) and the offset of its row from the first tile.
   const int64_t chunks_per_group = chunk_count / g.groups;
   const int64_t tile_elements = mr * nr;
-  std::vector<int64_t> chunk_of(columns), tile_offset(columns);  // tile_offset: of its row from tile 0
+  std::vector<int64_t> chunk_of(columns), tile_offset(columns);
   for (int64_t c = 0; c < chunks_per_group; ++c)
     for (int64_t i = 0; i < chunks[c].rows; ++i) {
       const int64_t r = chunks[c].first_row + i, position = (r % cin_g) * taps + r / cin_g;
@@ -414,65 +401,62 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   const int64_t by_memory = (chunks_per_group * tile_elements * int64_t(sizeof(scalar_t)) + (int64_t(1) << 20) - 1) >> 20;
   const int64_t parts = std::min(chunks_per_group, std::max(by_threads, by_memory));
   const int64_t part_chunks = (chunks_per_group + parts - 1) / parts;
-
-  // dY^T of a slice as [group][strip][pixel][nr]; lanes past the group's last channel stay zero.
-  std::vector<scalar_t> b_buf(images * per_image + 64 / sizeof(scalar_t), scalar_t(0));
-  scalar_t* b_packed = align_64(b_buf.data());
-  // Pixels per pass: the pass's dY^T strip (kPixelsPerPass x NR) stays in L1 while the item's tiles read
-  // their patch entries (from L2).
+  // The reduction runs over the output pixels of all images in passes of kPixelsPerPass: each item
+  // transposes the pass's dY strip (kPixelsPerPass x NR) into L1, where it stays while the item's tiles
+  // read their patch entries (from L2).
   constexpr int64_t kPixelsPerPass = 256;
+  const int64_t pixels = g.batch * out_plane;
 
-  for (int64_t n0 = 0; n0 < g.batch; n0 += images) {  // slices summed in order
-    const int64_t count = std::min(images, g.batch - n0), pixels = count * out_plane;
-    at::parallel_for(0, g.groups * strips * count, 1, [&](int64_t s0, int64_t s1) {
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t strip = s / count, image = s % count, grp = strip / strips, first = (strip % strips) * nr;
-        mk.transpose(std::min(nr, cout_g - first), out_plane,
-                     go + ((n0 + image) * g.out_channels + grp * cout_g + first) * out_plane, out_plane,
-                     b_packed + (strip * slice_pixels + image * out_plane) * nr, nr, nullptr);
-      }
-    });
-    at::parallel_for(0, strip_pairs * parts, 1, [&](int64_t w0, int64_t w1) {
-      constexpr int64_t kRun = 16;  // weights moved per transpose (a multiple of every vector width)
-      std::unique_ptr<scalar_t[]> tile_buf(new scalar_t[part_chunks * tile_elements + kRun * nr + 64 / sizeof(scalar_t)]);
-      scalar_t* tiles = align_64(tile_buf.get());
-      scalar_t* staging = tiles + part_chunks * tile_elements;  // kRun rows of nr
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t pair = w / parts, grp = pair / strips, strip = pair % strips, first = strip * nr;
-        const int64_t c0 = (w % parts) * part_chunks, c1 = std::min(chunks_per_group, c0 + part_chunks);
-        const int64_t cols = std::min(nr, cout_g - first);
-        scalar_t* origin = gw + (grp * cout_g + first) * columns;  // dW row of the strip's first channel
-        // A later slice starts from what the earlier ones left in dW.
-        if (n0 > 0)
-          for (int64_t j = 0; j < cols; ++j)
-            for (int64_t q = 0; q < columns; ++q)
-              if (chunk_of[q] >= c0 && chunk_of[q] < c1)
-                tiles[tile_offset[q] - c0 * tile_elements + j] = origin[j * columns + q];
-        const scalar_t* b_strip = b_packed + (grp * strips + strip) * slice_pixels * nr;
-        for (int64_t p0 = 0; p0 < pixels; p0 += kPixelsPerPass) {
-          const int64_t kc = std::min(kPixelsPerPass, pixels - p0);
-          for (int64_t c = c0; c < c1; ++c)
-            mk.micro_gather(kc, padded + n0 * padded_image + chunks[grp * chunks_per_group + c].offset,
-                            pixel_offsets.data() + p0, b_strip + p0 * nr, tiles + (c - c0) * tile_elements,
-                            n0 > 0 || p0 > 0);
-        }
-        // The tiles ((tap, channel) x output channel) into dW, written in its order: with all the chunks,
-        // kRun weights at a time, their tile rows gathered and transposed in registers.
-        if (parts == 1) {
-          for (int64_t q0 = 0; q0 < columns; q0 += kRun) {
-            const int64_t run = std::min(kRun, columns - q0);
-            for (int64_t i = 0; i < run; ++i)
-              std::memcpy(staging + i * nr, tiles + tile_offset[q0 + i], cols * sizeof(scalar_t));
-            mk.transpose(run, cols, staging, nr, origin + q0, columns, nullptr);
+  at::parallel_for(0, strip_pairs * parts, 1, [&](int64_t w0, int64_t w1) {
+    constexpr int64_t kRun = 16;  // weights moved per transpose (a multiple of every vector width)
+    const int64_t align = 64 / sizeof(scalar_t);
+    std::unique_ptr<scalar_t[]> buf(new scalar_t[part_chunks * tile_elements + kPixelsPerPass * nr + kRun * nr + 3 * align]);
+    scalar_t* tiles = align_64(buf.get());
+    scalar_t* b_pass = align_64(tiles + part_chunks * tile_elements);  // the pass's dY^T, kPixelsPerPass x nr
+    scalar_t* staging = align_64(b_pass + kPixelsPerPass * nr);        // kRun rows of nr
+    std::vector<int64_t> pixel_offsets(kPixelsPerPass);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t pair = w / parts, grp = pair / strips, first = (pair % strips) * nr;
+      const int64_t c0 = (w % parts) * part_chunks, c1 = std::min(chunks_per_group, c0 + part_chunks);
+      const int64_t cols = std::min(nr, cout_g - first);
+      // Lanes past the group's last channel stay zero; the transposes below never write them.
+      if (cols < nr) std::fill(b_pass, b_pass + kPixelsPerPass * nr, scalar_t(0));
+      for (int64_t p0 = 0; p0 < pixels; p0 += kPixelsPerPass) {
+        const int64_t kc = std::min(kPixelsPerPass, pixels - p0);
+        // The pass's pixels (image, row, column) by counting; dY^T a run of one image's pixels at a time.
+        int64_t n = p0 / out_plane, pq = p0 % out_plane, oh = pq / g.out_w, ow = pq % g.out_w;
+        for (int64_t i0 = 0; i0 < kc;) {
+          const int64_t run = std::min(kc - i0, out_plane - pq);
+          mk.transpose(cols, run, go + (n * g.out_channels + grp * cout_g + first) * out_plane + pq, out_plane,
+                       b_pass + i0 * nr, nr, nullptr);
+          for (int64_t i = i0; i < i0 + run; ++i) {
+            pixel_offsets[i] = n * padded_image + (oh * g.stride_h * padded_w + ow * g.stride_w) * g.in_channels;
+            if (++ow == g.out_w) ow = 0, ++oh;
           }
-          continue;
+          i0 += run;
+          pq = 0, oh = 0, ow = 0, ++n;
         }
-        for (int64_t j = 0; j < cols; ++j)
-          for (int64_t q = 0; q < columns; ++q)
-            if (chunk_of[q] >= c0 && chunk_of[q] < c1) origin[j * columns + q] = tiles[tile_offset[q] - c0 * tile_elements + j];
+        for (int64_t c = c0; c < c1; ++c)
+          mk.micro_gather(kc, padded + chunks[grp * chunks_per_group + c].offset, pixel_offsets.data(), b_pass,
+                          tiles + (c - c0) * tile_elements, p0 > 0);
       }
-    });
-  }
+      // The tiles ((tap, channel) x output channel) into dW, written in its order: with all the chunks,
+      // kRun weights at a time, their tile rows gathered and transposed in registers.
+      scalar_t* origin = gw + (grp * cout_g + first) * columns;  // dW row of the strip's first channel
+      if (parts == 1) {
+        for (int64_t q0 = 0; q0 < columns; q0 += kRun) {
+          const int64_t run = std::min(kRun, columns - q0);
+          for (int64_t i = 0; i < run; ++i)
+            std::memcpy(staging + i * nr, tiles + tile_offset[q0 + i], cols * sizeof(scalar_t));
+          mk.transpose(run, cols, staging, nr, origin + q0, columns, nullptr);
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t q = 0; q < columns; ++q)
+          if (chunk_of[q] >= c0 && chunk_of[q] < c1) origin[j * columns + q] = tiles[tile_offset[q] - c0 * tile_elements + j];
+    }
+  });
 }
 
 at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input) {
