@@ -34,6 +34,9 @@ TORCH_LIBRARY(fastconv, m) {
   // Indices are int64 positions in the flattened H x W input plane, as torch returns them.
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
         "bool ceil_mode) -> (Tensor, Tensor)");
+  // The values alone, for inputs that need no gradient (no indices computed).
+  m.def("max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "bool ceil_mode) -> Tensor");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
   m.def("avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "

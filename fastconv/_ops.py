@@ -66,6 +66,11 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
+@torch.library.register_fake("fastconv::max_pool2d_values")
+def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
 @torch.library.register_fake("fastconv::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
     return input.new_empty(input.shape)

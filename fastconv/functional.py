@@ -280,6 +280,10 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
+    if not return_indices and not (input.requires_grad and torch.is_grad_enabled()):
+        # Nothing needs the indices: the values alone (torch skips them too).
+        out = _ops_ns.max_pool2d_values(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
+        return _from_2d(out, spatial_dims)
     out, indices = _ops_ns.max_pool2d(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
     out, indices = _from_2d(out, spatial_dims), _from_2d(indices, spatial_dims)
     return (out, indices) if return_indices else out

@@ -434,6 +434,9 @@ def test_max_pool2d_matches_torch(case, dtype):
                                                   return_indices=return_indices)
 
     check_pool_against_torch(call(FC.max_pool2d), call(F.max_pool2d), x, dtype, with_indices=True)
+    # Without a gradient to compute, the values-only kernel.
+    x_nograd = x.detach()
+    torch.testing.assert_close(call(FC.max_pool2d)(x_nograd), call(F.max_pool2d)(x_nograd), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

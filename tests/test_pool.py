@@ -95,6 +95,35 @@ def test_max_pool_matches_torch(dims, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_max_pool_values_without_grad_match_torch(dims, dtype):
+    # An input that needs no gradient takes the values-only kernel: torch's values, NaNs and infinities
+    # included, over the window grid, with rows long enough for its vector loops too.
+    ours_fn, theirs_fn = (FC.max_pool2d, F.max_pool2d) if dims == 2 else (FC.max_pool1d, F.max_pool1d)
+    cases = list(_window_cases(dims == 2)) + [((3, 70) if dims == 2 else (70,), k, s, 1, d, False)
+                                              for k, s, d in [(3, 1, 1), (3, 2, 1), (4, 4, 1), (2, 3, 2)]]
+    checked = 0
+    for size, k, s, p, d, ceil in cases:
+        x = torch.randn(2, 3, *size, dtype=dtype)
+        x.view(-1)[::11] = float("nan")
+        x.view(-1)[3::13] = float("inf")
+        x.view(-1)[5::17] = float("-inf")
+        kwargs = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+        if not _torch_accepts(theirs_fn, x, **kwargs):
+            with pytest.raises(RuntimeError):
+                ours_fn(x, **kwargs)
+            continue
+        ref = theirs_fn(x, **kwargs)
+        with torch.no_grad():
+            from_grad_input = ours_fn(x.clone().requires_grad_(), **kwargs)
+        for out in (ours_fn(x, **kwargs), from_grad_input):
+            assert out.shape == ref.shape and out.dtype == ref.dtype
+            torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+        checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel,padding,dilation", [(4, 0, 1), (5, 2, 1), (3, 1, 2), (4, 2, 3)])
 def test_max_pool_stride_4_on_long_rows(kernel, padding, dilation, dtype):
     # Rows long enough for the vectorised stride-4 path (16 and more interior outputs), with NaNs and
@@ -450,6 +479,7 @@ def test_opcheck_every_pooling_op():
     window = ([3, 2], [2, 1], [1, 1], [1, 2], True)
     torch.library.opcheck(ops.max_pool2d, (x, *window))
     torch.library.opcheck(ops.max_pool2d, (x[0], [2, 2], [2, 2], [0, 0], [1, 1], False))
+    torch.library.opcheck(ops.max_pool2d_values, (xd, *window))
     out, idx = ops.max_pool2d(xd, *window)
     torch.library.opcheck(ops.max_pool2d_backward, (torch.randn_like(out), xd, idx, *window))
     avg = ([3, 3], [2, 2], [1, 1], True, False, None)

@@ -502,6 +502,30 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, c10::
   return {out, indices};
 }
 
+at::Tensor max_pool2d_values_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  const PoolGeometry g =
+      check_pool2d("max_pool2d_values", input, kernel_size, stride, padding, dilation, ceil_mode, true);
+  check_float_dtype("max_pool2d_values", input, /*allow_reduced_precision=*/false);
+  if (g.planes == 0) return at::empty(pool_output_sizes(input, g), input.options());
+  // A channels-last input goes through its own kernel (which also writes indices): no NCHW copy.
+  const bool channels_last = AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
+    return use_channels_last_kernel<scalar_t>(input, g);
+  });
+  if (channels_last) return std::get<0>(max_pool2d_cpu(input, kernel_size, stride, padding, dilation, ceil_mode));
+  at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
+  const at::Tensor input_c = input.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
+    const MaxPoolArgs<scalar_t> args{&g,
+                                     interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)),
+                                     input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr};
+    at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
+      FASTCONV_POOL_RUN(max_pool_rows_values<scalar_t>, args, r0, r1);
+    });
+  });
+  return out;
+}
+
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                    c10::IntArrayRef dilation, bool ceil_mode) {
@@ -684,6 +708,7 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_values", &max_pool2d_values_cpu);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("avg_pool2d", &avg_pool2d_cpu);
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);

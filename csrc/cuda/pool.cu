@@ -101,7 +101,7 @@ __global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ input, sc
       }
     }
     output[i] = static_cast<scalar_t>(best);
-    indices[i] = best_index;
+    if (indices != nullptr) indices[i] = best_index;  // null: the values alone (max_pool2d_values)
   }
 }
 
@@ -301,25 +301,39 @@ bool small_problem(const at::Tensor& input, const PoolGeometry& g) {
   return fits_int32({input.numel(), g.planes * g.out_h * g.out_w});
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef kernel_size,
-                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                   c10::IntArrayRef dilation, bool ceil_mode) {
-  const PoolGeometry g = check_pool2d("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode, true);
-  check_pool_dtype("max_pool2d", input);
+// Max pooling's values and, unless `op` is max_pool2d_values, their indices (an empty tensor otherwise).
+std::tuple<at::Tensor, at::Tensor> max_pool2d_on_device(const char* op, const at::Tensor& input,
+                                                        c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                                        c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                                        bool ceil_mode) {
+  const bool with_indices = std::string(op) != "max_pool2d_values";
+  const PoolGeometry g = check_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode, true);
+  check_pool_dtype(op, input);
   const DeviceGuard guard(input.device());
   const at::Tensor input_c = input.contiguous();
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
   at::Tensor output = at::empty(sizes, input.options());
-  at::Tensor indices = at::empty(sizes, input.options().dtype(at::kLong));
+  at::Tensor indices = at::empty(with_indices ? sizes : std::vector<int64_t>{0}, input.options().dtype(at::kLong));
   FASTCONV_DISPATCH_FLOAT_TYPES(input.scalar_type(), "max_pool2d_cuda", [&] {
     dispatch_index_type(small_problem(input, g), [&](auto index_tag) {
       using index_t = decltype(index_tag);
       launch_kernel(max_pool2d_forward_kernel<scalar_t, index_t>, grid_for(output.numel()), kThreads, 0,
                     input_c.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-                    indices.mutable_data_ptr<int64_t>(), g);
+                    with_indices ? indices.mutable_data_ptr<int64_t>() : nullptr, g);
     });
   });
   return {output, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef kernel_size,
+                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                   c10::IntArrayRef dilation, bool ceil_mode) {
+  return max_pool2d_on_device("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+}
+
+at::Tensor max_pool2d_values_cuda(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                  c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(max_pool2d_on_device("max_pool2d_values", input, kernel_size, stride, padding, dilation, ceil_mode));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
@@ -471,6 +485,7 @@ at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output, cons
 
 TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
   m.impl("max_pool2d", &max_pool2d_cuda);
+  m.impl("max_pool2d_values", &max_pool2d_values_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
   m.impl("avg_pool2d", &avg_pool2d_cuda);
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_cuda);
