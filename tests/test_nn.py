@@ -194,8 +194,8 @@ def test_pool_matches_torch(torch_cls, fast_cls, kwargs, dims):
 @pytest.mark.parametrize("fast_cls,args,dims,op", [
     (fnn.Conv1d, (2, 3, 3), 1, "fastconv::conv1d"),
     (fnn.Conv2d, (2, 3, 3), 2, "fastconv::conv2d"),
-    (fnn.MaxPool1d, (2,), 1, "fastconv::max_pool2d"),
-    (fnn.MaxPool2d, (2,), 2, "fastconv::max_pool2d"),
+    (fnn.MaxPool1d, (2,), 1, "fastconv::max_pool2d_values"),  # no gradient needed: values only
+    (fnn.MaxPool2d, (2,), 2, "fastconv::max_pool2d_values"),
     (fnn.AvgPool1d, (2,), 1, "fastconv::avg_pool2d"),
     (fnn.AvgPool2d, (2,), 2, "fastconv::avg_pool2d"),
     (fnn.AdaptiveAvgPool1d, (3,), 1, "fastconv::adaptive_avg_pool2d"),

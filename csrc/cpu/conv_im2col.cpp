@@ -260,7 +260,10 @@ at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
 ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   const bool need_input = output_mask[0], need_weight = output_mask[1];
-  at::Tensor grad_input = need_input ? at::zeros(input.sizes(), input.options()) : at::Tensor();
+  // A 1x1 stride-1 layer's input gradient is written whole by its products; col2im adds into zeros.
+  at::Tensor grad_input = !need_input             ? at::Tensor()
+                          : g.is_pointwise_unit() ? at::empty(input.sizes(), input.options())
+                                                  : at::zeros(input.sizes(), input.options());
   at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), weight.options()) : at::Tensor();
   at::Tensor buffer = allocate_column_buffer(g, input);
   const int64_t block = rows_per_block(g, input.element_size());
