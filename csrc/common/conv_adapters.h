@@ -31,8 +31,15 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 //   in cpu/conv_direct.cpp); im2col otherwise (ResNet-18's strided 3x3 layers, 2 threads: the phases
 //   take 5.1 / 4.7 / 5.3 ms against im2col's 5.8 / 5.7 / 9.4 at batch 8 on layer2.0 / 3.0 / 4.0, and
 //   win at batch 2 and 32 too; at batch 1 im2col is up to 15% faster on layer3.0 and layer4.0).
+// - CPU, 1x1 stride-1 layers with one group, 16+ channels on each side and small outputs (at most 2048
+//   pixels over the batch): direct for the forward and the input gradient, whose register tiles run over
+//   the pixels of all images (MobileNetV2's 7x7 and 14x14 1x1 layers at batch 8: 5-25% faster forward,
+//   up to 2.5x faster input gradient than the per-image GEMMs); the weight gradient stays with im2col.
 inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cuda) {
   if (g.groups > 1 && g.in_channels_per_group() <= 4) return ConvAlgo::Direct;
+  if (!on_cuda && g.is_pointwise_unit() && g.groups == 1 && g.in_channels >= 16 && g.out_channels >= 16 &&
+      pass != ConvPass::BackwardWeight && static_cast<double>(g.batch) * g.out_h * g.out_w <= 2048.0)
+    return ConvAlgo::Direct;
   if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
   if (g.groups > 1 && g.out_channels_per_group() < 16) return ConvAlgo::Direct;
   if (pass == ConvPass::BackwardInput && (g.stride_h != 1 || g.stride_w != 1)) {

@@ -189,6 +189,39 @@ at::Tensor allocate_column_buffer(const ConvGeometry& g, const at::Tensor& like)
   return at::empty({g.col_rows() * rows * g.out_w}, like.options());
 }
 
+// The weight gradient of a 1x1 stride-1 layer: dW[grp][co][ci] = sum over images and pixels of
+// dY[n][co][p] * X[n][ci][p], both rows contiguous along the pixels: dot products of rows (no column
+// matrix, no packing; a GEMM would pack every element for one or two uses when the pixels outnumber
+// the channels). Each thread owns a range of blocks of output channels and walks the images and their
+// pixels in chunks that stay in L2, every weight summed in the same order whatever the thread count.
+// Pixels per plane from which pointwise_grad_weight beats the GEMM (ResNet/MobileNetV2 1x1 layers,
+// batch 8: 3-5x faster on 56x56 and 112x112 planes, 1.3-1.8x on 28x28, 1.5-3x slower on 14x14).
+constexpr int64_t kPointwiseDotMinPixels = 512;
+
+template <typename scalar_t>
+void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group(), plane = g.in_h * g.in_w;
+  const int64_t row_block = mk.dot_rows_max, col_block = mk.dot_cols_max;
+  const int64_t row_blocks = (cout_g + row_block - 1) / row_block;
+  constexpr int64_t kPixelsPerChunk = 512;
+  at::parallel_for(0, g.groups * row_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t n = 0; n < g.batch; ++n)
+      for (int64_t p0 = 0; p0 < plane; p0 += kPixelsPerChunk) {
+        const int64_t len = std::min(kPixelsPerChunk, plane - p0);
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t grp = b / row_blocks, co = (b % row_blocks) * row_block;
+          const int64_t rows = std::min(row_block, cout_g - co);
+          const scalar_t* dy = go + (n * g.out_channels + grp * cout_g + co) * plane + p0;
+          for (int64_t ci = 0; ci < cin_g; ci += col_block)
+            mk.dot_rows(len, dy, plane, rows, in + (n * g.in_channels + grp * cin_g + ci) * plane + p0, plane,
+                        std::min(col_block, cin_g - ci), gw + (grp * cout_g + co) * cin_g + ci, cin_g,
+                        n > 0 || p0 > 0);
+        }
+      }
+  });
+}
+
 }  // namespace
 
 int64_t im2col_workspace_limit_bytes() {
@@ -259,7 +292,19 @@ at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
 
 ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  const bool need_input = output_mask[0], need_weight = output_mask[1];
+  const bool need_input = output_mask[0];
+  bool need_weight = output_mask[1];
+  at::Tensor pointwise_weight_grad;
+  // Large planes only: over a few hundred pixels the dot products' closing sums cost more than packing.
+  if (need_weight && g.is_pointwise_unit() && g.in_h * g.in_w >= kPointwiseDotMinPixels) {
+    pointwise_weight_grad = at::empty(weight.sizes(), weight.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
+      pointwise_grad_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                      pointwise_weight_grad.mutable_data_ptr<scalar_t>());
+    });
+    if (!need_input) return {at::Tensor(), pointwise_weight_grad, at::Tensor()};
+    need_weight = false;
+  }
   // A 1x1 stride-1 layer's input gradient is written whole by its products; col2im adds into zeros.
   at::Tensor grad_input = !need_input             ? at::Tensor()
                           : g.is_pointwise_unit() ? at::empty(input.sizes(), input.options())
@@ -302,7 +347,7 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
       }
     }
   }
-  return {grad_input, grad_weight, at::Tensor()};
+  return {grad_input, pointwise_weight_grad.defined() ? pointwise_weight_grad : grad_weight, at::Tensor()};
 }
 
 }  // namespace fastconv::cpu

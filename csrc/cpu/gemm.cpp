@@ -56,7 +56,8 @@ constexpr int64_t NC = 4096;
   MicroKernels<T> {                                                                                       \
     MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
         &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>,                                          \
-        &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>                            \
+        &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>, ns::kDotRows, ns::kDotCols, \
+        &ns::dot_rows<T>                                                                                  \
   }
 
 // Register budgets: AVX-512 has 32 vector registers (12 x 2 accumulators + operands),
