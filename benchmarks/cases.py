@@ -10,9 +10,10 @@ Counting conventions (also written into every report):
   Backward: the weight gradient costs one forward; the input gradient another, except for layers whose
   input needs no gradient in a real network (a model's first layer), so forward+backward counts
   3x (or 2x) the forward.
-- Bytes of a forward: input read + weight read + output written, plus the int64 indices that fastconv's
-  max pooling writes. Backward: grad_output, input and weight read, grad_input and grad_weight written
-  (pooling: grad_output read, grad_input written, indices read for max pooling).
+- Bytes of a forward: input read + weight read + output written (a forward without gradients computes
+  no max-pooling indices, on either side). Backward: grad_output, input and weight read, grad_input and
+  grad_weight written (pooling: the forward's int64 indices written and read again for max pooling,
+  grad_output read, grad_input written).
 - Models: convolution FLOPs only (counted with hooks on every Conv layer); a training step counts 3x
   the forward convolution FLOPs.
 """
@@ -298,7 +299,7 @@ class PoolSpec:
             out_numel = torch_pool(x, **kwargs).numel()
         elt = x.element_size()
         index_bytes = out_numel * 8 if self.op in _MAX_POOLS else 0
-        fwd_bytes = (x.numel() + out_numel) * elt + index_bytes
+        fwd_bytes = (x.numel() + out_numel) * elt
         if pass_ == FORWARD:
             def run(pool):
                 def call():
@@ -315,7 +316,7 @@ class PoolSpec:
                     out = pool(x_g, **kwargs)
                     return (out, *torch.autograd.grad(out, (x_g,), grad_out))
                 return call
-            total_bytes = fwd_bytes + (out_numel + x.numel()) * elt + index_bytes
+            total_bytes = fwd_bytes + (out_numel + x.numel()) * elt + 2 * index_bytes
         return Prepared(torch_fn=run(torch_pool), fastconv_fns={"fastconv": run(fast_pool)}, bytes=total_bytes,
                         workspace={"fastconv": 0}, check=_elementwise_error)
 

@@ -236,8 +236,9 @@ def _method(meta):
         "no gradient. Models count convolution FLOPs only (hooks on every Conv layer), a train step as 3x the "
         "forward. % peak = GFLOP/s / the peak above.",
         "- GB/s (pooling, depthwise): minimum traffic / time. Forward: input read + weight read + output "
-        "written, plus the int64 indices max pooling writes. Backward: grad_output, input and weight read, "
-        "grad_input and grad_weight written (pooling: grad_output read, grad_input written, indices read). "
+        "written (no max-pooling indices: the forward runs without gradients). Backward: grad_output, input "
+        "and weight read, grad_input and grad_weight written (max pooling: the forward's int64 indices "
+        "written and read again). "
         "% BW = GB/s / the memory bandwidth above.",
         "- Workspace: scratch bytes fastconv allocates for the forward, from `torch.ops.fastconv."
         "conv2d_workspace_bytes` (the im2col column buffer; conv1d is asked as conv2d with a height of 1).",
