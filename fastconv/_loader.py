@@ -29,6 +29,8 @@ HAS_CUDA_KERNELS = build_info()["cuda"]
 
 def check_device_supported(op, tensor):
     """A CUDA tensor on a build without CUDA kernels gets one clear sentence, not a dispatcher trace."""
+    if tensor.is_cpu:  # the common case, without building a device object
+        return
     if tensor.device.type == "cuda" and not HAS_CUDA_KERNELS:
         raise RuntimeError(
             f"fastconv.{op}: this build of fastconv has no CUDA kernels (it was compiled without nvcc or with "

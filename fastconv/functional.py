@@ -270,9 +270,9 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     _check_tensor(op, input)
     kernel, stride, padding, dilation = _window_args(op, spatial_dims, kernel_size, stride, padding, dilation)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
     # torch's max_pool1d takes int64 only on its no-indices path: CPU, no autograd, indices not asked for.
-    int64_path = (spatial_dims == 1 and not return_indices and isinstance(input, torch.Tensor)
-                  and input.device.type == "cpu" and not (input.requires_grad and torch.is_grad_enabled()))
+    int64_path = spatial_dims == 1 and not return_indices and input.is_cpu and not needs_grad
     if not int64_path:
         _check_int32(op, kernel_size=kernel, stride=stride or [], padding=padding, dilation=dilation)
     _check_pool_input(op, input, spatial_dims)
@@ -280,7 +280,7 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
-    if not return_indices and not (input.requires_grad and torch.is_grad_enabled()):
+    if not return_indices and not needs_grad:
         # Nothing needs the indices: the values alone (torch skips them too).
         out = _ops_ns.max_pool2d_values(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
         return _from_2d(out, spatial_dims)
