@@ -53,10 +53,19 @@ def _check_int64(name, op, value, in_list):
         raise ValueError(f"{op}(): argument '{name}': Overflow when unpacking long long")
 
 
+def _plain_ints(value):
+    """A Python int, or a tuple or list of them, within int64: what layers pass, checked cheaply."""
+    if type(value) is int:
+        return -(2**63) <= value < 2**63
+    return type(value) in (tuple, list) and all(type(v) is int and -(2**63) <= v < 2**63 for v in value)
+
+
 def _check_int_args(op, ints=(), int_lists=()):
     """Type checks in the order torch's argument parser makes them, before any value is looked at:
     TypeError for an argument of the wrong type, as torch.nn.functional raises."""
     for name, value in int_lists:
+        if _plain_ints(value):
+            continue
         if isinstance(value, (tuple, list)):
             if not all(_is_int(v, allow_bool=i > 0) for i, v in enumerate(value)):
                 raise TypeError(f"{op}(): argument '{name}' must be a tuple of ints, but got {value!r}")
@@ -67,6 +76,8 @@ def _check_int_args(op, ints=(), int_lists=()):
         else:
             raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
     for name, value in ints:
+        if type(value) is int and -(2**63) <= value < 2**63:
+            continue
         if not _is_int(value):
             raise TypeError(f"{op}(): argument '{name}' must be int, not {type(value).__name__}")
         _check_int64(name, op, value, False)
@@ -74,6 +85,8 @@ def _check_int_args(op, ints=(), int_lists=()):
 
 def _conv_param(value, name, spatial_dims):
     """An int or a sequence of spatial_dims ints, as a list (torch's rule and message)."""
+    if type(value) in (tuple, list) and len(value) == spatial_dims and all(type(v) is int for v in value):
+        return list(value)
     if _is_int(value):
         return [int(value)] * spatial_dims
     values = [int(v) for v in value]
