@@ -189,15 +189,16 @@ at::Tensor allocate_column_buffer(const ConvGeometry& g, const at::Tensor& like)
   return at::empty({g.col_rows() * rows * g.out_w}, like.options());
 }
 
+// Pixels per plane from which pointwise_grad_weight beats the GEMM (ResNet/MobileNetV2 1x1 layers,
+// batch 8: 3-5x faster on 56x56 and 112x112 planes, 1.3-1.8x on 28x28, 1.5-3x slower on 14x14, where
+// the dot products' closing sums cost more than packing).
+constexpr int64_t kPointwiseDotMinPixels = 512;
+
 // The weight gradient of a 1x1 stride-1 layer: dW[grp][co][ci] = sum over images and pixels of
 // dY[n][co][p] * X[n][ci][p], both rows contiguous along the pixels: dot products of rows (no column
 // matrix, no packing; a GEMM would pack every element for one or two uses when the pixels outnumber
 // the channels). Each thread owns a range of blocks of output channels and walks the images and their
 // pixels in chunks that stay in L2, every weight summed in the same order whatever the thread count.
-// Pixels per plane from which pointwise_grad_weight beats the GEMM (ResNet/MobileNetV2 1x1 layers,
-// batch 8: 3-5x faster on 56x56 and 112x112 planes, 1.3-1.8x on 28x28, 1.5-3x slower on 14x14).
-constexpr int64_t kPointwiseDotMinPixels = 512;
-
 template <typename scalar_t>
 void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
   const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
@@ -293,23 +294,23 @@ at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
 ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   const bool need_input = output_mask[0];
-  bool need_weight = output_mask[1];
-  at::Tensor pointwise_weight_grad;
-  // Large planes only: over a few hundred pixels the dot products' closing sums cost more than packing.
-  if (need_weight && g.is_pointwise_unit() && g.in_h * g.in_w >= kPointwiseDotMinPixels) {
-    pointwise_weight_grad = at::empty(weight.sizes(), weight.options());
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
-      pointwise_grad_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                      pointwise_weight_grad.mutable_data_ptr<scalar_t>());
-    });
-    if (!need_input) return {at::Tensor(), pointwise_weight_grad, at::Tensor()};
-    need_weight = false;
-  }
+  const bool weight_by_dots =
+      output_mask[1] && g.is_pointwise_unit() && g.in_h * g.in_w >= kPointwiseDotMinPixels;
+  const bool need_weight = output_mask[1] && !weight_by_dots;  // by the GEMMs below
   // A 1x1 stride-1 layer's input gradient is written whole by its products; col2im adds into zeros.
   at::Tensor grad_input = !need_input             ? at::Tensor()
                           : g.is_pointwise_unit() ? at::empty(input.sizes(), input.options())
                                                   : at::zeros(input.sizes(), input.options());
-  at::Tensor grad_weight = need_weight ? at::zeros(weight.sizes(), weight.options()) : at::Tensor();
+  at::Tensor grad_weight = weight_by_dots ? at::empty(weight.sizes(), weight.options())
+                           : need_weight  ? at::zeros(weight.sizes(), weight.options())
+                                          : at::Tensor();
+  if (weight_by_dots) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
+      pointwise_grad_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                      grad_weight.mutable_data_ptr<scalar_t>());
+    });
+    if (!need_input) return {grad_input, grad_weight, at::Tensor()};
+  }
   at::Tensor buffer = allocate_column_buffer(g, input);
   const int64_t block = rows_per_block(g, input.element_size());
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
@@ -347,7 +348,7 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
       }
     }
   }
-  return {grad_input, pointwise_weight_grad.defined() ? pointwise_weight_grad : grad_weight, at::Tensor()};
+  return {grad_input, grad_weight, at::Tensor()};
 }
 
 }  // namespace fastconv::cpu

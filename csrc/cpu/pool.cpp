@@ -326,10 +326,15 @@ void avg_pool_forward_channels_last(const PoolGeometry& g, const AvgOptions& opt
 #endif
 }
 
+// The row kernels' arguments for an NCHW-contiguous input (idx null: values only).
+template <typename scalar_t>
+MaxPoolArgs<scalar_t> max_pool_args(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
+  return {&g, interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)), in, out, idx};
+}
+
 template <typename scalar_t>
 void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out, int64_t* idx) {
-  const MaxPoolArgs<scalar_t> args{&g, interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)),
-                                   in, out, idx};
+  const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, idx);
   const int64_t rows = g.planes * g.out_h, grain = grain_for(g.out_w * g.kernel_h * g.kernel_w);
   if (std::is_same_v<scalar_t, float> && indices_fit_int32(g)) {
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
@@ -341,6 +346,14 @@ void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t
       FASTCONV_POOL_RUN(max_pool_rows<scalar_t>, args, r0, r1, static_cast<int64_t*>(nullptr));
     });
   }
+}
+
+template <typename scalar_t>
+void max_pool_values_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+  const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, static_cast<int64_t*>(nullptr));
+  at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
+    FASTCONV_POOL_RUN(max_pool_rows_values<scalar_t>, args, r0, r1);
+  });
 }
 
 template <typename scalar_t>
@@ -516,12 +529,7 @@ at::Tensor max_pool2d_values_cpu(const at::Tensor& input, c10::IntArrayRef kerne
   at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
-    const MaxPoolArgs<scalar_t> args{&g,
-                                     interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.dil_w * (g.kernel_w - 1)),
-                                     input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr};
-    at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
-      FASTCONV_POOL_RUN(max_pool_rows_values<scalar_t>, args, r0, r1);
-    });
+    max_pool_values_kernel<scalar_t>(g, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
   });
   return out;
 }

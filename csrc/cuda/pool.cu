@@ -301,12 +301,11 @@ bool small_problem(const at::Tensor& input, const PoolGeometry& g) {
   return fits_int32({input.numel(), g.planes * g.out_h * g.out_w});
 }
 
-// Max pooling's values and, unless `op` is max_pool2d_values, their indices (an empty tensor otherwise).
-std::tuple<at::Tensor, at::Tensor> max_pool2d_on_device(const char* op, const at::Tensor& input,
+// Max pooling's values and, with_indices, their indices (an empty tensor otherwise).
+std::tuple<at::Tensor, at::Tensor> max_pool2d_on_device(const char* op, bool with_indices, const at::Tensor& input,
                                                         c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                                         c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                                         bool ceil_mode) {
-  const bool with_indices = std::string(op) != "max_pool2d_values";
   const PoolGeometry g = check_pool2d(op, input, kernel_size, stride, padding, dilation, ceil_mode, true);
   check_pool_dtype(op, input);
   const DeviceGuard guard(input.device());
@@ -328,12 +327,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_on_device(const char* op, const at
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, c10::IntArrayRef kernel_size,
                                                    c10::IntArrayRef stride, c10::IntArrayRef padding,
                                                    c10::IntArrayRef dilation, bool ceil_mode) {
-  return max_pool2d_on_device("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  return max_pool2d_on_device("max_pool2d", /*with_indices=*/true, input, kernel_size, stride, padding, dilation,
+                              ceil_mode);
 }
 
 at::Tensor max_pool2d_values_cuda(const at::Tensor& input, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
                                   c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(max_pool2d_on_device("max_pool2d_values", input, kernel_size, stride, padding, dilation, ceil_mode));
+  return std::get<0>(max_pool2d_on_device("max_pool2d_values", /*with_indices=*/false, input, kernel_size, stride,
+                                          padding, dilation, ceil_mode));
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
