@@ -9,6 +9,9 @@
 # step passed (the two extras are reported, not required).
 #
 #   bash scripts/gpu_check.sh OUTDIR
+#
+# It writes about twenty files; where only a few files can be copied back, write to a scratch folder and
+# archive it:  bash scripts/gpu_check.sh /tmp/check; tar -czf RESULTS/check.tgz -C /tmp check
 set -u
 
 OUT=${1:?usage: bash scripts/gpu_check.sh OUTDIR}
