@@ -405,6 +405,10 @@ for dtype in (torch.float32, torch.float64):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # An output over 8 MiB: the direct kernel writes it with non-temporal stores.
+    x, w = torch.randn(3, 8, 129, 128, dtype=dtype), torch.randn(64, 8, 3, 3, dtype=dtype)
+    torch.testing.assert_close(FC.conv2d(x, w, None, 1, 1, algo="direct"), F.conv2d(x, w, None, 1, 1),
+                               rtol=1e-4, atol=1e-4)
 print(fastconv.build_info()["cpu_isa"])
 """
     env = dict(os.environ, FASTCONV_CPU_ISA=isa)
@@ -435,6 +439,18 @@ def test_direct_weight_gradient_over_many_images():
     w = torch.randn(64, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     out, ref = FC.conv2d(x, w, None, 1, 1, algo="direct"), F.conv2d(x, w, None, 1, 1)
     grad_out = torch.randn_like(ref)
+    # The 41 MB output is written past the caches, its planes (127 x 127) not aligned to the vectors.
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
     (got,) = torch.autograd.grad(out, [w], grad_out)
     (want,) = torch.autograd.grad(ref, [w], grad_out)
     torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+def test_direct_forward_of_a_large_aligned_output():
+    # 3 x 64 x 128 x 128 float32 outputs (12.6 MB): planes and tiles aligned to the vectors, so every
+    # full block is written with non-temporal stores; the stride-2 stem shape crosses images mid-tile.
+    for x_shape, w_shape, stride, padding in [((3, 16, 128, 128), (64, 16, 3, 3), 1, 1),
+                                              ((4, 3, 224, 224), (64, 3, 7, 7), 2, 3)]:
+        x, w = torch.randn(x_shape), torch.randn(w_shape)
+        torch.testing.assert_close(FC.conv2d(x, w, None, stride, padding, algo="direct"),
+                                   F.conv2d(x, w, None, stride, padding), **TOL[torch.float32])

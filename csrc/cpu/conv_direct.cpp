@@ -136,6 +136,11 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
 // a 48 KiB L1.
 constexpr int64_t kWeightChunkBytes = 32 * 1024;
 
+// Outputs at least this large are written past the caches (non-temporal stores): they would not stay in
+// the 2-4 MiB of L2 anyway, and ordinary stores first read every line they overwrite (on the 7x7 stem at
+// batch 8, 26 MB of output, that read cost 2-4 ms of an 11 ms forward).
+constexpr int64_t kStreamedOutputBytes = 8 << 20;
+
 // An input gradient's weight for the blocked forward: the layer's own weight (out, in / groups, kh, kw),
 // read in place as the weight of a convolution of dY (input and output channels swapped) whose tap t is
 // the layer's tap layer_tap[t] (flipped, and for a stride phase only some of them). Packing reads it so:
@@ -164,6 +169,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // Tiles run over the pixels of all images in turn, so small planes (7x7: 49 pixels) fill them too.
   const int64_t pixels_total = g.batch * out_plane;
   const int64_t tiles = (pixels_total + mr - 1) / mr;
+  const auto store_tile = g.batch * g.out_channels * out_plane * int64_t(sizeof(scalar_t)) >= kStreamedOutputBytes
+                              ? mk.transpose_stream
+                              : mk.transpose;
 
   std::vector<int64_t> tap_offsets(taps);
   for (int64_t t = 0; t < taps; ++t)
@@ -277,7 +285,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
         const int64_t run = std::min(pixels - i0, out_plane - out_offsets[i0] % out_plane);
-        mk.transpose(run, cols, tile + i0 * nr, nr, out + out_offsets[i0], out_plane, nullptr);
+        store_tile(run, cols, tile + i0 * nr, nr, out + out_offsets[i0], out_plane, nullptr);
         i0 += run;
       }
     }

@@ -15,6 +15,10 @@
 
 #include "common/cpu_features.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 // One copy of the micro-kernel per instruction set.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTCONV_ISA_NS isa_avx512
@@ -55,7 +59,7 @@ constexpr int64_t NC = 4096;
 #define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                                  \
   MicroKernels<T> {                                                                                       \
     MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
-        &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>,                                          \
+        &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>, &ns::transpose_copy<T, true>,                                          \
         &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>, ns::kDotRows, ns::kDotCols, \
         &ns::dot_rows<T>                                                                                  \
   }

@@ -55,6 +55,10 @@ struct MicroKernels {
   // dst[col(j) + i] = src[i * src_stride + j] for i < rows, j < cols; col(j) = dst_cols ? dst_cols[j] : j * dst_stride
   void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
                     const int64_t* dst_cols);
+  // The same, writing full aligned vectors past the caches: for results larger than the caches that
+  // nothing reads back soon
+  void (*transpose_stream)(int64_t rows, int64_t cols, const T* src, int64_t src_stride, T* dst,
+                           int64_t dst_stride, const int64_t* dst_cols);
   void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
   void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
   // c[i * ldc + j] = / += sum over p < k of a[i * lda + p] * b[j * ldb + p], i < rows <= dot_rows_max,
