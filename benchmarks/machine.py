@@ -308,6 +308,37 @@ class LoadMonitor:
 # ----------------------------------------------------------------------------------------------
 
 
+# glibc's malloc serves a large block from a fresh mmap (page faults on first touch: about 1-2 ms per
+# 10 MB) until a free of such a block raises its threshold, and gives heap memory back to the system
+# when the free top of the heap passes a second threshold. Both move with the allocation history, which
+# in a comparison includes the other side's allocations: the same torch layer timed 6 ms or 18 ms
+# depending on what fastconv had allocated and freed before it. Fixing both at the values a long-running
+# process settles at (32 MiB, glibc's ceiling for the moving threshold, and twice that) gives every
+# side the same allocator, whatever ran before; blocks of 32 MiB or more still come from mmap each call,
+# as in any program.
+MALLOC_MMAP_THRESHOLD = 32 << 20
+MALLOC_TRIM_THRESHOLD = 64 << 20
+
+
+def steady_malloc():
+    """Fix glibc malloc's mmap and trim thresholds (see above); a description, or None where the C
+    library is not glibc (nothing is changed then)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if not (mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)):
+        return None
+    return (f"glibc malloc thresholds fixed: mmap {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim "
+            f"{MALLOC_TRIM_THRESHOLD >> 20} MiB (the same allocator for every side, whatever ran before)")
+
+
 def _memory_gib():
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

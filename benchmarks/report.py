@@ -157,6 +157,8 @@ def _header(meta, records):
             rows.append((f"peak, {method}", f"{ref[f'{method}_peak_gflops']:,.0f} GFLOP/s "
                                             f"({ref[f'{method}_peak_detail']}), not used"))
     rows.append(("memory bandwidth", f"{ref['bandwidth_gbps']:,.1f} GB/s ({ref['bandwidth_detail']})"))
+    if meta.get("allocator"):
+        rows.append(("allocator", meta["allocator"]))
     load = meta.get("load") or {}
     load_text = []
     if load.get("load_average_at_start") is not None:

@@ -302,7 +302,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
     started = time.perf_counter()
+    allocator = machine.steady_malloc() if device.type == "cpu" else None
     info = machine.describe(device)
+    info["allocator"] = allocator
     info["machine"] = machine.machine_label(info)
     print(f"fastconv benchmark ({mode}) on {info['machine']}; torch {info['torch']}", flush=True)
     rates = reference_rates(device, args)
