@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <memory>
 #include <vector>
 
@@ -177,16 +178,23 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   for (int64_t t = 0; t < taps; ++t)
     tap_offsets[t] = ((t / g.kernel_w) * g.dil_h * padded_w + (t % g.kernel_w) * g.dil_w) * channels;
 
-  // One work item: a group of up to kTilesPerItem runs of mr consecutive output pixels (row-major over
+  // One work item: a group of up to tiles_per_item runs of mr consecutive output pixels (row-major over
   // the planes of all images) of one channel block. A short last run repeats its last pixel; the extra
   // results are dropped.
-  constexpr int64_t kTilesPerItem = 16;
-  const int64_t tile_groups = (tiles + kTilesPerItem - 1) / kTilesPerItem;
-  const int64_t items = g.groups * blocks * tile_groups;
-  // With few tile groups (small outputs: a batch of 7x7 planes) every item packs the chunks it uses as it
-  // goes, so the weights, often larger than the caches there, are read once and never written out whole;
+  constexpr int64_t kTilesPerGroup = 16;
+  // With few tiles (small outputs: a batch of 7x7 planes) every item packs the chunks it uses as it goes,
+  // so the weights, often larger than the caches there, are read once and never written out whole;
   // otherwise they are packed once, up front.
-  const bool pack_in_items = tile_groups <= 4;
+  const bool pack_in_items = tiles <= 4 * kTilesPerGroup;
+  // Each item that packs its own weights packs its whole channel block's: the blocks' tiles are split
+  // only as far as an even share per thread needs (each split packs the block again; at batch 1, splits
+  // of 16 tiles cost layer3 a fifth of its time).
+  const int64_t all_blocks = g.groups * blocks, threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t splits = pack_in_items ? std::clamp<int64_t>(threads / std::gcd(all_blocks, threads), 1, std::max<int64_t>(tiles, 1))
+                                       : (tiles + kTilesPerGroup - 1) / kTilesPerGroup;
+  const int64_t tiles_per_item = std::max<int64_t>(1, (tiles + splits - 1) / splits);
+  const int64_t tile_groups = (tiles + tiles_per_item - 1) / tiles_per_item;  // no empty group
+  const int64_t items = all_blocks * tile_groups;
   // Items that pack their own weights do it by chunks of input channels (taps x chunk x nr elements) that
   // stay in L1 while the item's tiles use them; weights packed up front are used whole (measured faster:
   // no per-chunk restarts of the micro-kernel).
@@ -245,16 +253,16 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   const int64_t k_groups = merge_rows ? g.kernel_h : taps;
 
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<scalar_t> tile_buf(kTilesPerItem * mr * nr + 64 / sizeof(scalar_t));
+    std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
     std::vector<scalar_t> chunk_buf(pack_in_items ? chunk * taps * nr + 64 / sizeof(scalar_t) : 0);
     scalar_t* own_chunk = align_64(chunk_buf.data());
     std::vector<int64_t> row_of(pack_in_items ? chunk * taps : 0);
-    std::vector<int64_t> pixel_offsets(kTilesPerItem * mr), out_offsets(kTilesPerItem * mr);
+    std::vector<int64_t> pixel_offsets(tiles_per_item * mr), out_offsets(tiles_per_item * mr);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / tile_groups, first_tile = (r % tile_groups) * kTilesPerItem;
+      const int64_t b = r / tile_groups, first_tile = (r % tile_groups) * tiles_per_item;
       const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-      const int64_t group_tiles = std::min(kTilesPerItem, tiles - first_tile);
+      const int64_t group_tiles = std::min(tiles_per_item, tiles - first_tile);
       const int64_t q_first = first_tile * mr, pixels = std::min(group_tiles * mr, pixels_total - q_first);
       // The pixels' (image, row, column) by counting, not dividing (divisions dominated small kernels).
       int64_t n = q_first / out_plane, pq = q_first % out_plane, oh = pq / g.out_w, ow = pq % g.out_w;
