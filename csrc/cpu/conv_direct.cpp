@@ -184,7 +184,8 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   constexpr int64_t kTilesPerGroup = 16;
   // With few tiles (small outputs: a batch of 7x7 planes) every item packs the chunks it uses as it goes,
   // so the weights, often larger than the caches there, are read once and never written out whole;
-  // otherwise they are packed once, up front.
+  // otherwise each thread packs a whole channel block when it reaches the block's first item (see the
+  // work loop).
   const bool pack_in_items = tiles <= 4 * kTilesPerGroup;
   // Each item that packs its own weights packs its whole channel block's: the blocks' tiles are split
   // only as far as an even share per thread needs (each split packs the block again; at batch 1, splits
@@ -196,8 +197,8 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   const int64_t tile_groups = (tiles + tiles_per_item - 1) / tiles_per_item;  // no empty group
   const int64_t items = all_blocks * tile_groups;
   // Items that pack their own weights do it by chunks of input channels (taps x chunk x nr elements) that
-  // stay in L1 while the item's tiles use them; weights packed up front are used whole (measured faster:
-  // no per-chunk restarts of the micro-kernel).
+  // stay in L1 while the item's tiles use them; whole packed blocks are used whole (measured faster: no
+  // per-chunk restarts of the micro-kernel).
   const int64_t chunk = pack_in_items ? std::min(cin_g, std::max<int64_t>(1, kWeightChunkBytes /
                                                                                  (taps * nr * int64_t(sizeof(scalar_t)))))
                                       : cin_g;
@@ -228,20 +229,6 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
     mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
   };
 
-  std::unique_ptr<scalar_t[]> packed;
-  scalar_t* wp = nullptr;
-  if (!pack_in_items) {
-    packed.reset(new scalar_t[g.groups * blocks * k * nr + 64 / sizeof(scalar_t)]);
-    wp = align_64(packed.get());
-    at::parallel_for(0, g.groups * blocks * chunks, 1, [&](int64_t r0, int64_t r1) {
-      std::vector<int64_t> row_of(chunk * taps);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / chunks, c0 = (r % chunks) * chunk;
-        pack_chunk(b, c0, wp + (b * k + c0 * taps) * nr, row_of.data());
-      }
-    });
-  }
-
   // With one group, whole channels and no horizontal dilation, the (tap, channel) entries of one kernel
   // row lie side by side in a padded channels-last pixel row, and the packed weights are in the same
   // order: the micro-kernel then runs over kernel rows of kernel_w * channels entries each, instead of
@@ -255,9 +242,15 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
-    std::vector<scalar_t> chunk_buf(pack_in_items ? chunk * taps * nr + 64 / sizeof(scalar_t) : 0);
-    scalar_t* own_chunk = align_64(chunk_buf.data());
-    std::vector<int64_t> row_of(pack_in_items ? chunk * taps : 0);
+    // The weights this thread packed: a chunk for the current item, or the current item's whole channel
+    // block. Items run in block order and a thread takes a contiguous range of them, so it packs each
+    // block it works on once (a block split between two threads is packed by both), just before using
+    // it: the block (at most taps x channels x nr) is written to and read from this core's L2, where
+    // packing all blocks up front sent them through memory (9.4 MB each way on layer4).
+    std::vector<scalar_t> packed_buf(chunk * taps * nr + 64 / sizeof(scalar_t));
+    scalar_t* packed = align_64(packed_buf.data());
+    int64_t packed_block = -1;
+    std::vector<int64_t> row_of(chunk * taps);
     std::vector<int64_t> pixel_offsets(tiles_per_item * mr), out_offsets(tiles_per_item * mr);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / tile_groups, first_tile = (r % tile_groups) * tiles_per_item;
@@ -282,8 +275,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       }
       for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
         const int64_t cc = std::min(chunk, cin_g - c0);
-        const scalar_t* weights = wp ? wp + (b * k + c0 * taps) * nr : own_chunk;
-        if (pack_in_items) pack_chunk(b, c0, own_chunk, row_of.data());
+        if (pack_in_items || b != packed_block) pack_chunk(b, c0, packed, row_of.data());
+        packed_block = pack_in_items ? -1 : b;
+        const scalar_t* weights = packed;
         const int64_t run = merge_rows ? g.kernel_w * cc : cc;
         for (int64_t tl = 0; tl < group_tiles; ++tl)
           mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, weights,
@@ -703,12 +697,11 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
     if (plane_grad_input_as_forward(g)) most = std::max(most, plane_scratch_elements(transposed_geometry(g)));
     return most * element_size * at::get_num_threads();
   }
-  // The zero-padded channels-last input copy and the packed weights.
+  // The zero-padded channels-last input copy and a packed channel block of the weights per thread.
   const int64_t nr = element_size == 4 ? micro_kernels_for_width<float>(g.out_channels_per_group()).nr
                                        : micro_kernels_for_width<double>(g.out_channels_per_group()).nr;
-  const int64_t blocks = (g.out_channels_per_group() + nr - 1) / nr;
   return (g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels +
-          g.groups * blocks * g.col_rows() * nr) * element_size;
+          at::get_num_threads() * g.col_rows() * nr) * element_size;
 }
 
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
