@@ -48,11 +48,15 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     // stride computation (a huge padding on an empty batch), which a view does not check.
     out = at::empty({0}, input.options()).view(g.output_sizes());
   } else {
-    // The direct kernels choose their own input layout (channels-last input is used as it is).
-    out = which == ConvAlgo::Im2col ? im2col_conv2d_forward(g, input.contiguous(), weight_c)
-                                    : direct_conv2d_forward(g, input, weight_c);
+    // The direct kernels choose their own input layout (channels-last input is used as it is) and add
+    // the bias themselves.
+    if (which == ConvAlgo::Im2col) {
+      out = im2col_conv2d_forward(g, input.contiguous(), weight_c);
+      if (bias.has_value() && bias->defined()) out.add_(bias->view({1, g.out_channels, 1, 1}));
+    } else {
+      out = direct_conv2d_forward(g, input, weight_c, bias);
+    }
   }
-  if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
   return out;
 }
 

@@ -157,9 +157,12 @@ struct TransposedTaps {
 //
 // `w` is the weight (out, in / groups, kh, kw), or, with `transposed`, that of the layer whose input
 // gradient this computes (see TransposedTaps).
+//
+// `bias` (out_channels values, or null) is added to the tiles before they are written out: no second
+// pass over the output.
 template <typename scalar_t>
 void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out,
-                            const TransposedTaps* transposed) {
+                            const TransposedTaps* transposed, const scalar_t* bias) {
   const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
@@ -283,6 +286,11 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
           mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, weights,
                         tile + tl * mr * nr, nr, c0 > 0);
       }
+      if (bias) {
+        const scalar_t* block_bias = bias + grp * cout_g + first;
+        for (int64_t i = 0; i < pixels; ++i)
+          for (int64_t j = 0; j < cols; ++j) tile[i * nr + j] += block_bias[j];
+      }
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
@@ -330,8 +338,16 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
             std::fill(line + (pad_w + w) * c, line + padded_w * c, scalar_t(0));
           }
         }
-        mk.transpose(c, std::min(kPixelsPerItem, plane - q0), src + image * c * plane + q0, plane, padded_image, 0,
-                     pixel_at.data() + q0);
+        const int64_t count = std::min(kPixelsPerItem, plane - q0);
+        if (c == 1) {  // nothing to transpose (a 1-channel front end): row pieces copied into place
+          for (int64_t q = q0; q < q0 + count;) {
+            const int64_t len = std::min(q0 + count - q, w - q % w);
+            std::memcpy(padded_image + pixel_at[q], src + image * plane + q, len * sizeof(scalar_t));
+            q += len;
+          }
+          continue;
+        }
+        mk.transpose(c, count, src + image * c * plane + q0, plane, padded_image, 0, pixel_at.data() + q0);
       }
     });
   });
@@ -341,19 +357,22 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
 // The blocked forward of an input already copied by padded_channels_last (with g's padding), from `offset`
 // elements into that copy.
 at::Tensor blocked_forward_of_padded(const ConvGeometry& g, const at::Tensor& padded, int64_t offset,
-                                     const at::Tensor& weight, const TransposedTaps* transposed) {
+                                     const at::Tensor& weight, const TransposedTaps* transposed,
+                                     const at::Tensor* bias = nullptr) {
   at::Tensor out = at::empty(g.output_sizes(), padded.options());
   const at::Tensor w = weight.contiguous();
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(padded.scalar_type(), "blocked_conv2d_forward", [&] {
     blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>() + offset, w.const_data_ptr<scalar_t>(),
-                                     out.mutable_data_ptr<scalar_t>(), transposed);
+                                     out.mutable_data_ptr<scalar_t>(), transposed,
+                                     b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
   });
   return out;
 }
 
 at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                           const TransposedTaps* transposed = nullptr) {
-  return blocked_forward_of_padded(g, padded_channels_last(input, g.pad_h, g.pad_w), 0, weight, transposed);
+                           const TransposedTaps* transposed = nullptr, const at::Tensor* bias = nullptr) {
+  return blocked_forward_of_padded(g, padded_channels_last(input, g.pad_h, g.pad_w), 0, weight, transposed, bias);
 }
 
 // The weight gradient as a GEMM over output pixels: dW[grp]^T ((tap, cin_g) x cout_g) = sum over images
@@ -704,16 +723,20 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
           at::get_num_threads() * g.col_rows() * nr) * element_size;
 }
 
-at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
+at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias) {
   const bool blocked = direct_uses_blocked_kernel(g, input.element_size());
-  // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it).
-  if (blocked) return blocked_forward(g, input, weight);
+  const bool has_bias = bias.has_value() && bias->defined();
+  // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it) and adds
+  // the bias itself.
+  if (blocked) return blocked_forward(g, input, weight, nullptr, has_bias ? &*bias : nullptr);
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const at::Tensor input_nchw = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_forward", [&] {
     forward_kernel<scalar_t>(g, input_nchw.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                              out.mutable_data_ptr<scalar_t>());
   });
+  if (has_bias) out.add_(bias->view({1, g.out_channels, 1, 1}));
   return out;
 }
 

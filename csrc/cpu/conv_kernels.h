@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 
 #include "common/conv_adapters.h"
 #include "common/shapes.h"
@@ -22,7 +23,9 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
-at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight);
+// Adds the bias (out_channels values) when given.
+at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias);
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask);
 
