@@ -248,10 +248,13 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // Items normally run block by block, so with several channel blocks each thread streamed the whole
   // input for its own blocks. When all blocks' packed weights fit one core's L2, items run pixel group
   // by pixel group instead (the blocks of one group in turn, reusing its input from L1/L2) and every
-  // thread packs all blocks for itself: the threads split the input. layer2.0 (2 blocks) at batch 8:
-  // 3.5 -> 2.7 ms; layer3.0 (1.2 MB of weights) 2.8 -> 2.6 ms; layer3 (2.4 MB) was slower this way.
-  const bool pixel_major = !pack_in_items && all_blocks > 1 &&
-                           all_blocks * k * nr * int64_t(sizeof(scalar_t)) <= kPixelMajorWeightBytes;
+  // thread packs all blocks for itself: the threads split the input. That pays where the input is the
+  // larger of the two (each thread packs every block). layer2.0 (2 blocks) at batch 8: 3.5 -> 2.7 ms;
+  // layer3.0 (1.2 MB of weights) 2.8 -> 2.6 ms; layer3 (2.4 MB) was slower this way, and layer2 at
+  // batch 1 (0.5 MB of input, 0.6 MB of weights) too.
+  const int64_t packed_bytes = all_blocks * k * nr * int64_t(sizeof(scalar_t));
+  const bool pixel_major = !pack_in_items && all_blocks > 1 && packed_bytes <= kPixelMajorWeightBytes &&
+                           g.batch * in_image * int64_t(sizeof(scalar_t)) >= 2 * packed_bytes;
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
