@@ -447,14 +447,15 @@ def test_direct_weight_gradient_over_many_images():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_direct_forward_with_several_channel_blocks_pixel_major(dtype):
-    # Over 64 tiles of output pixels and several channel blocks whose packed weights are small: the
-    # blocked forward runs its items pixel group by pixel group, each thread packing every block.
-    for x_shape, w_shape, stride, groups in [((2, 16, 40, 40), (160, 16, 3, 3), 1, 1),
-                                             ((3, 24, 30, 30), (96, 8, 3, 3), 2, 3)]:
-        x, w, b = torch.randn(x_shape, dtype=dtype), torch.randn(w_shape, dtype=dtype), torch.randn(w_shape[0], dtype=dtype)
-        torch.testing.assert_close(FC.conv2d(x, w, b, stride, 1, 1, groups, algo="direct"),
-                                   F.conv2d(x, w, b, stride, 1, 1, groups), **TOL[dtype])
+@pytest.mark.parametrize("x_shape,w_shape,stride,groups", [((2, 16, 48, 48), (160, 16, 3, 3), 1, 1),
+                                                           ((3, 24, 40, 40), (96, 8, 3, 3), 2, 3)])
+def test_direct_forward_with_several_channel_blocks_pixel_major(x_shape, w_shape, stride, groups, dtype):
+    # Over 64 tiles of output pixels, several channel blocks (or groups) and packed weights smaller than
+    # half the input: the blocked forward runs its items pixel group by pixel group, each thread packing
+    # every block.
+    x, w, b = torch.randn(x_shape, dtype=dtype), torch.randn(w_shape, dtype=dtype), torch.randn(w_shape[0], dtype=dtype)
+    torch.testing.assert_close(FC.conv2d(x, w, b, stride, 1, 1, groups, algo="direct"),
+                               F.conv2d(x, w, b, stride, 1, 1, groups), **TOL[dtype])
 
 
 def test_direct_forward_of_a_large_aligned_output():
