@@ -52,7 +52,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     // the bias themselves.
     if (which == ConvAlgo::Im2col) {
       out = im2col_conv2d_forward(g, input.contiguous(), weight_c);
-      if (bias.has_value() && bias->defined()) out.add_(bias->view({1, g.out_channels, 1, 1}));
+      add_channel_bias(out, bias);
     } else {
       out = direct_conv2d_forward(g, input, weight_c, bias);
     }

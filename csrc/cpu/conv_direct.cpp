@@ -20,8 +20,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <numeric>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
@@ -302,10 +302,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
           if (pack_in_items || b != packed_block) pack_chunk(b, c0, packed, row_of.data());
           packed_block = pack_in_items ? -1 : b;
         }
-        const scalar_t* weights = packed;
         const int64_t run = merge_rows ? g.kernel_w * cc : cc;
         for (int64_t tl = 0; tl < group_tiles; ++tl)
-          mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, weights,
+          mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, packed,
                         tile + tl * mr * nr, nr, c0 > 0);
       }
       if (bias) {
@@ -744,7 +743,7 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
                                        : micro_kernels_for_width<double>(g.out_channels_per_group()).nr;
   const int64_t block_bytes = g.col_rows() * nr * element_size;
   const int64_t all_bytes = g.groups * ((g.out_channels_per_group() + nr - 1) / nr) * block_bytes;
-  const int64_t per_thread = all_bytes <= kPixelMajorWeightBytes ? std::max(all_bytes, block_bytes) : block_bytes;
+  const int64_t per_thread = all_bytes <= kPixelMajorWeightBytes ? all_bytes : block_bytes;
   return g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels * element_size +
          at::get_num_threads() * per_thread;
 }
@@ -762,7 +761,7 @@ at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
     forward_kernel<scalar_t>(g, input_nchw.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                              out.mutable_data_ptr<scalar_t>());
   });
-  if (has_bias) out.add_(bias->view({1, g.out_channels, 1, 1}));
+  add_channel_bias(out, bias);
   return out;
 }
 

@@ -23,6 +23,11 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
+// out (N, C, H, W) += bias (C values) broadcast over images and pixels, when a bias is given.
+inline void add_channel_bias(at::Tensor& out, const std::optional<at::Tensor>& bias) {
+  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, out.size(1), 1, 1}));
+}
+
 // Adds the bias (out_channels values) when given.
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias);

@@ -59,7 +59,7 @@ constexpr int64_t NC = 4096;
 #define FASTCONV_KERNEL_SET(ns, T, MR, NV)                                                                  \
   MicroKernels<T> {                                                                                       \
     MR, NV * ns::Vec<T>::kLanes, &ns::micro_kernel<T, MR, NV>, &ns::micro_kernel_conv<T, MR, NV>,        \
-        &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>, &ns::transpose_copy<T, true>,                                          \
+        &ns::micro_kernel_gather<T, MR, NV>, &ns::transpose_copy<T>, &ns::transpose_copy<T, true>,        \
         &ns::pack_a_strip<T, MR>, &ns::pack_b_strip<T, NV * ns::Vec<T>::kLanes>, ns::kDotRows, ns::kDotCols, \
         &ns::dot_rows<T>                                                                                  \
   }
