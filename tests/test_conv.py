@@ -47,6 +47,17 @@ CONV2D_CASES = [
     # A small output with many weights: work items pack their own weight chunks (partial last chunk and
     # channel block).
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
+    # Depthwise and narrow groups through the plane kernels on phase planes (strided forward and weight
+    # gradient) and upsampled output gradients (input gradient): rows of whole vectors and of partial
+    # ones, stride 3 with dilation, 15 output channels per group (blocks of 8, 4, 2 and 1), 25 and 8 taps,
+    # a padding past the kernel's reach.
+    (2, 16, 14, 14, 16, 3, 2, 1, 1, 16, True),
+    (1, 4, 40, 37, 4, 3, 2, 1, 1, 4, False),
+    (2, 3, 19, 23, 3, 3, 3, 2, 2, 3, True),
+    (2, 4, 12, 13, 30, 5, 1, 2, 1, 2, True),
+    (1, 4, 6, 6, 4, 3, 2, 3, 1, 2, True),
+    (2, 6, 9, 20, 6, (2, 4), (2, 1), (1, 2), 1, 6, False),
+    (1, 2, 5, 64, 2, 3, 1, 1, 1, 2, False),
 ]
 
 # (N, Cin, L, Cout, kernel, stride, padding, dilation, groups, bias)

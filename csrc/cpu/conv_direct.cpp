@@ -11,11 +11,15 @@
 // phase_grad_input); the weight gradient is a GEMM over output pixels whose patch operand is read in
 // place from the zero-padded channels-last input.
 //
-// Forward and backward for depthwise and narrow groups (and the remaining strided input gradients): each
-// output plane (image, output channel) is owned by one thread, which adds every input channel's
-// contribution tap by tap; the innermost loop runs along an output row, with edge handling hoisted out
-// (valid_output_range), so it vectorises. In the backward pass an input-gradient plane or a weight tap is
-// owned by one thread and summed in a fixed order, so it is deterministic.
+// Forward and backward for depthwise and narrow groups (and the remaining strided input gradients), the
+// plane kernels (conv_planes.inc): each output plane (image, output channel) is owned by one thread and
+// computed as a flat grid over a zero-padded copy of its input planes, split by stride phase, so every
+// tap is one contiguous shifted read (the input gradient: over the output gradient upsampled by the
+// stride, with the flipped weights). The weight gradient dots output-gradient rows with the same phase
+// planes, several output channels or taps per loaded vector. Each input-gradient plane and each weight
+// element is one thread's sum in a fixed order, so the backward is deterministic. Paddings or strides
+// out of proportion with the plane, and kernels of more than 64 taps, take row-by-row kernels instead
+// (edge handling hoisted out by valid_output_range).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -66,9 +70,6 @@ namespace {
 #define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
 #endif
 
-// Whether the plane kernels may work on zero-padded input copies: at most 64 taps, and a padding in
-// proportion with the plane (a huge one keeps the row kernels, which never materialise it). The forward (planes_*::forward_planes_padded) also
-// needs stride 1; the weight gradient (grad_weight_rows_padded) takes any stride.
 // The zero-padded plane is at most 4x the plane plus `slack` elements. In doubles: the padded sizes of
 // huge paddings (of a transposed geometry too) do not fit int64.
 bool padded_plane_in_proportion(const ConvGeometry& g, double slack) {
@@ -76,29 +77,49 @@ bool padded_plane_in_proportion(const ConvGeometry& g, double slack) {
   return padded <= 4.0 * double(g.in_h) * double(g.in_w) + slack;
 }
 
-bool padding_in_proportion(const ConvGeometry& g) {
-  return g.kernel_h * g.kernel_w <= 64 && padded_plane_in_proportion(g, 4096.0);
+// What the plane kernels' padded copies need: at most 64 taps, a padding in proportion with the plane (a
+// huge one keeps the row kernels, which never materialise it) and strides within the padded plane (the
+// phase planes then hold at most 4x its pixels; a stride up to 2**63 - 1 would overflow their sizes).
+// The forward and the weight gradient on phase planes (planes_*::forward_planes_padded,
+// grad_weight_rows_padded) need no more.
+bool plane_copies_fit(const ConvGeometry& g) {
+  return g.kernel_h * g.kernel_w <= 64 && padded_plane_in_proportion(g, 4096.0) &&
+         double(g.stride_h) <= double(g.in_h) + 2.0 * double(g.pad_h) &&
+         double(g.stride_w) <= double(g.in_w) + 2.0 * double(g.pad_w);
 }
 
-bool plane_forward_uses_padding(const ConvGeometry& g) {
-  return g.stride_h == 1 && g.stride_w == 1 && padding_in_proportion(g);
+// The input gradient on upsampled output-gradient planes (planes_*::grad_input_planes_padded): also a
+// plane no more than 4x the input's.
+bool plane_grad_input_uses_padding(const ConvGeometry& g) {
+  const double rows = double(g.in_h) + double(g.kernel_h - 1) * double(g.dil_h);
+  const double cols = double(g.in_w) + double(g.kernel_w - 1) * double(g.dil_w);
+  return plane_copies_fit(g) && rows * cols <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
 }
 
-// Elements of one thread's scratch in forward_planes_padded: the group's padded input planes and one
-// output grid.
+// Elements of one thread's scratch in forward_planes_padded: the group's phase planes and one output grid.
 int64_t plane_scratch_elements(const ConvGeometry& g) {
-  return g.in_channels_per_group() * planes_baseline::padded_plane_elements(g) + g.out_h * (g.in_w + 2 * g.pad_w) +
-         planes_baseline::kPaddedChunk;
+  const planes_baseline::PhasePlanes l = planes_baseline::phase_planes(g);
+  return g.in_channels_per_group() * l.elements + g.out_h * l.cols + planes_baseline::kPaddedChunk;
 }
 
-// Elements of one thread's scratch in grad_weight_rows_padded: a padded input plane and one gathered window.
-int64_t weight_grad_scratch_elements(const ConvGeometry& g) {
-  return planes_baseline::padded_plane_elements(g) + g.out_h * g.out_w;
+// Elements of one thread's scratch in grad_weight_rows_padded: phase planes of a batch of images, the
+// vector sums of 8 output channels' taps and a row copy (vectors of 64 bytes).
+int64_t weight_grad_scratch_elements(const ConvGeometry& g, int64_t element_size) {
+  const int64_t lanes = 64 / element_size;
+  return planes_baseline::weight_grad_images_per_batch(g, element_size) * planes_baseline::phase_planes(g).elements +
+         2 * 8 * g.kernel_h * g.kernel_w * lanes + 2 * lanes;
+}
+
+// Elements of one thread's scratch in grad_input_planes_padded: the group's upsampled output-gradient
+// planes and one grid.
+int64_t grad_input_scratch_elements(const ConvGeometry& g) {
+  const planes_baseline::UpsampledPlanes u = planes_baseline::upsampled_planes(g);
+  return g.out_channels_per_group() * u.elements + g.in_h * u.cols + planes_baseline::kPaddedChunk;
 }
 
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
-  if (plane_forward_uses_padding(g)) {
+  if (plane_copies_fit(g)) {
     const int64_t scratch_size = plane_scratch_elements(g);
     at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
@@ -113,6 +134,14 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  if (plane_grad_input_uses_padding(g)) {
+    const int64_t scratch_size = grad_input_scratch_elements(g);
+    at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<scalar_t> scratch(scratch_size);
+      FASTCONV_CALL_PLANES(grad_input_planes_padded<scalar_t>(g, go, w, gi, p0, p1, scratch.data()));
+    });
+    return;
+  }
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
     FASTCONV_CALL_PLANES(grad_input_planes<scalar_t>(g, go, w, gi, p0, p1));
   });
@@ -120,9 +149,9 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
-  if (padding_in_proportion(g)) {
-    const int64_t scratch_size = weight_grad_scratch_elements(g);
-    at::parallel_for(0, g.out_channels * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
+  if (plane_copies_fit(g)) {
+    const int64_t scratch_size = weight_grad_scratch_elements(g, sizeof(scalar_t));
+    at::parallel_for(0, g.groups * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
       FASTCONV_CALL_PLANES(grad_weight_rows_padded<scalar_t>(g, go, in, gw, p0, p1, scratch.data()));
     });
@@ -208,7 +237,6 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   const int64_t chunk = pack_in_items ? std::min(cin_g, std::max<int64_t>(1, kWeightChunkBytes /
                                                                                  (taps * nr * int64_t(sizeof(scalar_t)))))
                                       : cin_g;
-  const int64_t chunks = (cin_g + chunk - 1) / chunk;
   // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
   // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
   // A chunk is a contiguous run of (channel, tap) columns of the block's weight rows: one transpose, each
@@ -551,31 +579,6 @@ ConvGeometry transposed_geometry(const ConvGeometry& g) {
   return t;
 }
 
-// The weights of the transposed convolution: flipped in space, input and output channels swapped.
-at::Tensor flipped_transposed_weight(const ConvGeometry& g, const at::Tensor& weight) {
-  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  const at::Tensor w = weight.contiguous();
-  at::Tensor flipped = at::empty({g.in_channels, cout_g, g.kernel_h, g.kernel_w}, weight.options());
-  // One (group, input channel) row of the result per step, written in order; a flip in both spatial
-  // dims is a reversal of the taps.
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "flipped_transposed_weight", [&] {
-    const scalar_t* src = w.const_data_ptr<scalar_t>();
-    scalar_t* dst = flipped.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, g.in_channels, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t grp = r / cin_g, ci = r % cin_g;
-        scalar_t* out = dst + r * cout_g * taps;
-        for (int64_t co = 0; co < cout_g; ++co) {
-          const scalar_t* in = src + ((grp * cout_g + co) * cin_g + ci) * taps;
-          for (int64_t t = 0; t < taps; ++t) out[co * taps + t] = in[taps - 1 - t];
-        }
-      }
-    });
-  });
-  return flipped;
-}
-
 at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
   TransposedTaps flipped{std::vector<int64_t>(g.kernel_h * g.kernel_w), g.kernel_h * g.kernel_w};
   for (int64_t t = 0; t < flipped.layer_taps; ++t) flipped.layer_tap[t] = flipped.layer_taps - 1 - t;  // flipped in both dims
@@ -692,25 +695,6 @@ bool direct_grad_input_by_phases(const ConvGeometry& g, int64_t element_size) {
          padded_plane_in_proportion(phase_geometry(g, rows, cols), 65536.0);
 }
 
-// Depthwise and narrow groups at stride 1: the input gradient through the plane forward kernel on the
-// transposed geometry (its padded-grid path) instead of scattering tap by tap.
-bool plane_grad_input_as_forward(const ConvGeometry& g) {
-  if (g.stride_h != 1 || g.stride_w != 1) return false;
-  const ConvGeometry t = transposed_geometry(g);
-  return t.pad_h >= 0 && t.pad_w >= 0 && plane_forward_uses_padding(t);
-}
-
-at::Tensor plane_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
-  const ConvGeometry t = transposed_geometry(g);
-  const at::Tensor flipped = flipped_transposed_weight(g, weight);
-  at::Tensor grad_input = at::empty(t.output_sizes(), grad_output.options());
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "plane_grad_input", [&] {
-    forward_kernel<scalar_t>(t, grad_output.const_data_ptr<scalar_t>(), flipped.const_data_ptr<scalar_t>(),
-                             grad_input.mutable_data_ptr<scalar_t>());
-  });
-  return grad_input;
-}
-
 }  // namespace
 
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size) {
@@ -732,9 +716,9 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   if (!direct_uses_blocked_kernel(g, element_size)) {
     // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
     // a forward on the transposed geometry).
-    int64_t most = plane_forward_uses_padding(g) ? plane_scratch_elements(g) : 0;
-    if (padding_in_proportion(g)) most = std::max(most, weight_grad_scratch_elements(g));
-    if (plane_grad_input_as_forward(g)) most = std::max(most, plane_scratch_elements(transposed_geometry(g)));
+    int64_t most = 0;
+    if (plane_copies_fit(g)) most = std::max(plane_scratch_elements(g), weight_grad_scratch_elements(g, element_size));
+    if (plane_grad_input_uses_padding(g)) most = std::max(most, grad_input_scratch_elements(g));
     return most * element_size * at::get_num_threads();
   }
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
@@ -774,9 +758,6 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
     output_mask[0] = false;
   } else if (output_mask[0] && direct_grad_input_by_phases(g, element_size)) {
     grad_input = phase_grad_input(g, grad_output, weight);
-    output_mask[0] = false;
-  } else if (output_mask[0] && plane_grad_input_as_forward(g)) {
-    grad_input = plane_grad_input(g, grad_output, weight);
     output_mask[0] = false;
   }
   if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
