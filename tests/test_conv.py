@@ -68,6 +68,7 @@ CONV1D_CASES = [
     (3, 6, 17, 6, 3, 1, 2, 2, 6, True),            # depthwise dilated
     (2, 8, 9, 4, 1, 1, 0, 1, 1, True),
     (2, 8, 300, 24, 5, 1, 2, 1, 1, True),          # blocked direct kernels, auto picks them
+    (2, 1, 300, 200, 10, 5, 0, 1, 1, True),        # 1-channel front end: one-panel GEMM, auto's im2col
 ]
 
 
