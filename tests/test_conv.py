@@ -470,6 +470,17 @@ def test_direct_forward_with_several_channel_blocks_pixel_major(x_shape, w_shape
                                F.conv2d(x, w, b, stride, 1, 1, groups), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 12, 16, 31, 33])
+def test_plane_kernels_on_every_row_width(width, dtype):
+    # Rows of every length class the plane kernels copy inline (one element up to two 64-byte vectors,
+    # then a longer run), at stride 1 and 2: forward, input and weight gradients against torch.
+    for stride in (1, 2):
+        x, w, b = _make((2, 3, 4, width), (6, 1, 3, 3), 6, True, dtype)
+        _check_against_torch(lambda: FC.conv2d(x, w, b, stride, 1, 1, 3, algo="direct"),
+                             lambda: F.conv2d(x, w, b, stride, 1, 1, 3), (x, w, b), TOL[dtype])
+
+
 def test_direct_forward_of_a_large_aligned_output():
     # 3 x 64 x 128 x 128 float32 outputs (12.6 MB): planes and tiles aligned to the vectors, so every
     # full block is written with non-temporal stores; the stride-2 stem shape crosses images mid-tile.
