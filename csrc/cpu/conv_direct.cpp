@@ -96,10 +96,12 @@ bool plane_grad_input_uses_padding(const ConvGeometry& g) {
   return plane_copies_fit(g) && rows * cols <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
 }
 
-// Elements of one thread's scratch in forward_planes_padded: the group's phase planes and one output grid.
+// Elements of one thread's scratch in forward_planes_padded: the group's phase planes and the output
+// grids of the channels computed together.
 int64_t plane_scratch_elements(const ConvGeometry& g) {
   const planes_baseline::PhasePlanes l = planes_baseline::phase_planes(g);
-  return g.in_channels_per_group() * l.elements + g.out_h * l.cols + planes_baseline::kPaddedChunk;
+  return g.in_channels_per_group() * l.elements +
+         planes_baseline::kGridOutputs * (g.out_h * l.cols + planes_baseline::kPaddedChunk);
 }
 
 // Elements of one thread's scratch in grad_weight_rows_padded: phase planes of a batch of images, the
@@ -111,10 +113,11 @@ int64_t weight_grad_scratch_elements(const ConvGeometry& g, int64_t element_size
 }
 
 // Elements of one thread's scratch in grad_input_planes_padded: the group's upsampled output-gradient
-// planes and one grid.
+// planes and the grids of the channels computed together.
 int64_t grad_input_scratch_elements(const ConvGeometry& g) {
   const planes_baseline::UpsampledPlanes u = planes_baseline::upsampled_planes(g);
-  return g.out_channels_per_group() * u.elements + g.in_h * u.cols + planes_baseline::kPaddedChunk;
+  return g.out_channels_per_group() * u.elements +
+         planes_baseline::kGridOutputs * (g.in_h * u.cols + planes_baseline::kPaddedChunk);
 }
 
 template <typename scalar_t>
