@@ -224,10 +224,23 @@ const MicroKernels<T>& micro_kernels() {
 template const MicroKernels<float>& micro_kernels<float>();
 template const MicroKernels<double>& micro_kernels<double>();
 
+// AVX-512 has a 12 x 1-vector tile too, for groups of at most one vector of output channels (ResNeXt's 16
+// per group): the 12 x 2 tile would compute as many zero columns as real ones. Elsewhere the same set
+// as kernels().
+template <typename T>
+MicroKernels<T> narrow_kernels_for_cpu() {
+#ifdef FASTCONV_HAVE_X86_KERNELS
+  if (active_cpu_isa() == CpuIsa::Avx512) return FASTCONV_KERNEL_SET(isa_avx512, T, 12, 1);
+#endif
+  return kernels_for_cpu<T>();
+}
+
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns) {
   static const MicroKernels<T> wide = wide_kernels_for_cpu<T>();
+  static const MicroKernels<T> narrow = narrow_kernels_for_cpu<T>();
   const MicroKernels<T>& tall = kernels<T>();
+  if (columns <= narrow.nr && narrow.nr < tall.nr) return narrow;
   const auto waste = [&](const MicroKernels<T>& set) { return (columns + set.nr - 1) / set.nr * set.nr - columns; };
   return waste(wide) <= waste(tall) ? wide : tall;
 }
