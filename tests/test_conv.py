@@ -60,6 +60,9 @@ CONV2D_CASES = [
     (1, 2, 5, 64, 2, 3, 1, 1, 1, 2, False),
     (2, 16, 9, 11, 16, 3, 1, 1, 1, 2, True),       # 8 channels per group each side: four outputs at a time
     (1, 20, 10, 9, 10, 3, 2, 1, 1, 2, False),      # 10 input and 5 output channels per group, stride 2
+    # Blocked kernels on inputs of 2 and 4 channels (interleaved into the padded copy, no transpose).
+    (2, 2, 11, 12, 16, 3, 1, 1, 1, 1, True),
+    (1, 4, 9, 13, 20, 3, 2, 1, 1, 1, False),
 ]
 
 # (N, Cin, L, Cout, kernel, stride, padding, dilation, groups, bias)

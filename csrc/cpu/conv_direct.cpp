@@ -391,10 +391,19 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
           }
         }
         const int64_t count = std::min(kPixelsPerItem, plane - q0);
-        if (c == 1) {  // nothing to transpose (a 1-channel front end): row pieces copied into place
+        if (c <= 4) {
+          // Too few channels for the transpose's square blocks (a 1-channel front end, an RGB stem): each
+          // row piece's channels interleaved into place (copied, for one channel).
           for (int64_t q = q0; q < q0 + count;) {
             const int64_t len = std::min(q0 + count - q, w - q % w);
-            std::memcpy(padded_image + pixel_at[q], src + image * plane + q, len * sizeof(scalar_t));
+            const scalar_t* from = src + image * c * plane + q;
+            scalar_t* to = padded_image + pixel_at[q];
+            switch (c) {
+              case 1: std::memcpy(to, from, len * sizeof(scalar_t)); break;
+              case 2: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 2>(from, plane, len, to)); break;
+              case 3: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 3>(from, plane, len, to)); break;
+              default: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 4>(from, plane, len, to)); break;
+            }
             q += len;
           }
           continue;
