@@ -426,6 +426,13 @@ for dtype in (torch.float32, torch.float64):
     x, w = torch.randn(3, 8, 129, 128, dtype=dtype), torch.randn(64, 8, 3, 3, dtype=dtype)
     torch.testing.assert_close(FC.conv2d(x, w, None, 1, 1, algo="direct"), F.conv2d(x, w, None, 1, 1),
                                rtol=1e-4, atol=1e-4)
+    # The plane kernels' streamed planes (depthwise output and input gradient over 8 MiB, unaligned planes).
+    x = torch.randn(2, 64, 129, 129, dtype=dtype, requires_grad=True)
+    w = torch.randn(64, 1, 3, 3, dtype=dtype, requires_grad=True)
+    out, ref = FC.conv2d(x, w, None, 1, 1, 1, 64, algo="direct"), F.conv2d(x, w, None, 1, 1, 1, 64)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0],
+                               rtol=1e-4, atol=1e-4)
 print(fastconv.build_info()["cpu_isa"])
 """
     env = dict(os.environ, FASTCONV_CPU_ISA=isa)
@@ -484,6 +491,19 @@ def test_plane_kernels_on_every_row_width(width, dtype):
         x, w, b = _make((2, 3, 4, width), (6, 1, 3, 3), 6, True, dtype)
         _check_against_torch(lambda: FC.conv2d(x, w, b, stride, 1, 1, 3, algo="direct"),
                              lambda: F.conv2d(x, w, b, stride, 1, 1, 3), (x, w, b), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plane_kernels_stream_large_planes(dtype):
+    # Depthwise and 2-per-group outputs and input gradients of 8-32 MiB are written past the caches, a
+    # plane at a time from an unaligned start; 32 MiB and more are written normally.
+    for shape in [(2, 64, 129, 129), (1, 64, 261, 255)]:
+        for groups, cout in ((64, 64), (32, 64)):
+            x, w, b = _make(shape, (cout, 64 // groups, 3, 3), cout, True, dtype)
+            # Each float32 weight gradient sums 33k-66k products: an absolute tolerance for that.
+            tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-2)
+            _check_against_torch(lambda: FC.conv2d(x, w, b, 1, 1, 1, groups, algo="direct"),
+                                 lambda: F.conv2d(x, w, b, 1, 1, 1, groups), (x, w, b), tol)
 
 
 def test_direct_forward_of_a_large_aligned_output():

@@ -22,6 +22,10 @@
 // (edge handling hoisted out by valid_output_range).
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -69,6 +73,18 @@ namespace {
 #else
 #define FASTCONV_CALL_PLANES(...) planes_baseline::__VA_ARGS__
 #endif
+
+// Outputs from kStreamedOutputBytes up to kFreshPagesBytes are written past the caches (non-temporal
+// stores): they would not stay in the 2-4 MiB of L2 anyway, and ordinary stores first read every line they
+// overwrite (on the 7x7 stem at batch 8, 26 MB of output, that read cost 2-4 ms of an 11 ms forward).
+// Larger outputs come from pages glibc maps afresh for every call (its mmap threshold stops at 32 MiB),
+// which the kernel zeroes through the caches: there streaming stores made each line be written twice
+// (MobileNetV2's 96-channel 112x112 depthwise input gradient at batch 8, 38.5 MB: 12 -> 18 ms). The
+// blocked and the plane kernels both follow this rule (streams_output).
+constexpr int64_t kStreamedOutputBytes = 8 << 20;
+constexpr int64_t kFreshPagesBytes = 32 << 20;
+
+bool streams_output(int64_t bytes) { return bytes >= kStreamedOutputBytes && bytes < kFreshPagesBytes; }
 
 // The zero-padded plane is at most 4x the plane plus `slack` elements. In doubles: the padded sizes of
 // huge paddings (of a transposed geometry too) do not fit int64.
@@ -120,13 +136,22 @@ int64_t grad_input_scratch_elements(const ConvGeometry& g) {
          planes_baseline::kGridOutputs * (g.in_h * u.cols + planes_baseline::kPaddedChunk);
 }
 
+// Whether a plane kernel writing `planes` planes of `plane` elements streams them (streams_output); each
+// thread then compacts a plane into a buffer of `plane` elements before writing it.
+bool planes_streamed(int64_t planes, int64_t plane, int64_t element_size) {
+  return streams_output(planes * plane * element_size);
+}
+
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
   if (plane_copies_fit(g)) {
-    const int64_t scratch_size = plane_scratch_elements(g);
+    const int64_t out_plane = g.out_h * g.out_w;
+    const bool stream = planes_streamed(g.batch * g.out_channels, out_plane, sizeof(scalar_t));
+    const int64_t scratch_size = plane_scratch_elements(g) + (stream ? out_plane : 0);
     at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
-      FASTCONV_CALL_PLANES(forward_planes_padded<scalar_t>(g, in, w, out, p0, p1, scratch.data()));
+      scalar_t* compact = stream ? scratch.data() + plane_scratch_elements(g) : nullptr;
+      FASTCONV_CALL_PLANES(forward_planes_padded<scalar_t>(g, in, w, out, p0, p1, scratch.data(), compact));
     });
     return;
   }
@@ -138,10 +163,13 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   if (plane_grad_input_uses_padding(g)) {
-    const int64_t scratch_size = grad_input_scratch_elements(g);
+    const int64_t in_plane = g.in_h * g.in_w;
+    const bool stream = planes_streamed(g.batch * g.in_channels, in_plane, sizeof(scalar_t));
+    const int64_t scratch_size = grad_input_scratch_elements(g) + (stream ? in_plane : 0);
     at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<scalar_t> scratch(scratch_size);
-      FASTCONV_CALL_PLANES(grad_input_planes_padded<scalar_t>(g, go, w, gi, p0, p1, scratch.data()));
+      scalar_t* compact = stream ? scratch.data() + grad_input_scratch_elements(g) : nullptr;
+      FASTCONV_CALL_PLANES(grad_input_planes_padded<scalar_t>(g, go, w, gi, p0, p1, scratch.data(), compact));
     });
     return;
   }
@@ -168,11 +196,6 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
 // Packed weights of one channel chunk that a work item of the blocked forward packs for itself: they stay in
 // a 48 KiB L1.
 constexpr int64_t kWeightChunkBytes = 32 * 1024;
-
-// Outputs at least this large are written past the caches (non-temporal stores): they would not stay in
-// the 2-4 MiB of L2 anyway, and ordinary stores first read every line they overwrite (on the 7x7 stem at
-// batch 8, 26 MB of output, that read cost 2-4 ms of an 11 ms forward).
-constexpr int64_t kStreamedOutputBytes = 8 << 20;
 
 // Packed weights up to this size run the blocked forward pixel-major (see there): a core's 2 MiB L2.
 constexpr int64_t kPixelMajorWeightBytes = 2 << 20;
@@ -208,7 +231,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // Tiles run over the pixels of all images in turn, so small planes (7x7: 49 pixels) fill them too.
   const int64_t pixels_total = g.batch * out_plane;
   const int64_t tiles = (pixels_total + mr - 1) / mr;
-  const auto store_tile = g.batch * g.out_channels * out_plane * int64_t(sizeof(scalar_t)) >= kStreamedOutputBytes
+  const auto store_tile = streams_output(g.batch * g.out_channels * out_plane * int64_t(sizeof(scalar_t)))
                               ? mk.transpose_stream
                               : mk.transpose;
 
@@ -729,8 +752,14 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
     // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
     // a forward on the transposed geometry).
     int64_t most = 0;
-    if (plane_copies_fit(g)) most = std::max(plane_scratch_elements(g), weight_grad_scratch_elements(g, element_size));
-    if (plane_grad_input_uses_padding(g)) most = std::max(most, grad_input_scratch_elements(g));
+    const int64_t out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
+    if (plane_copies_fit(g))
+      most = std::max(plane_scratch_elements(g) +
+                          (planes_streamed(g.batch * g.out_channels, out_plane, element_size) ? out_plane : 0),
+                      weight_grad_scratch_elements(g, element_size));
+    if (plane_grad_input_uses_padding(g))
+      most = std::max(most, grad_input_scratch_elements(g) +
+                                (planes_streamed(g.batch * g.in_channels, in_plane, element_size) ? in_plane : 0));
     return most * element_size * at::get_num_threads();
   }
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
