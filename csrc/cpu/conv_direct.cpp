@@ -752,19 +752,22 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
 }
 
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
+  // The plane kernels' scratch, one per thread: the input gradient's upsampled planes wherever neither
+  // the blocked kernel nor its stride phases take the input gradient, and for layers the blocked kernel
+  // does not take, the forward's and the weight gradient's phase planes.
+  const int64_t out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
+  int64_t planes = 0;
+  if (!direct_grad_input_is_blocked(g, element_size) && !direct_grad_input_by_phases(g, element_size) &&
+      plane_grad_input_uses_padding(g))
+    planes = grad_input_scratch_elements(g) +
+             (planes_streamed(g.batch * g.in_channels, in_plane, element_size) ? in_plane : 0);
   if (!direct_uses_blocked_kernel(g, element_size)) {
-    // The plane kernels' padded copies: one scratch per thread (forward, or the input gradient run as
-    // a forward on the transposed geometry).
-    int64_t most = 0;
-    const int64_t out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
     if (plane_copies_fit(g))
-      most = std::max(plane_scratch_elements(g) +
-                          (planes_streamed(g.batch * g.out_channels, out_plane, element_size) ? out_plane : 0),
-                      weight_grad_scratch_elements(g, element_size));
-    if (plane_grad_input_uses_padding(g))
-      most = std::max(most, grad_input_scratch_elements(g) +
-                                (planes_streamed(g.batch * g.in_channels, in_plane, element_size) ? in_plane : 0));
-    return most * element_size * at::get_num_threads();
+      planes = std::max({planes,
+                         plane_scratch_elements(g) +
+                             (planes_streamed(g.batch * g.out_channels, out_plane, element_size) ? out_plane : 0),
+                         weight_grad_scratch_elements(g, element_size)});
+    return planes * element_size * at::get_num_threads();
   }
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
   // pixel-major, all of them.
@@ -773,8 +776,9 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   const int64_t block_bytes = g.col_rows() * nr * element_size;
   const int64_t all_bytes = g.groups * ((g.out_channels_per_group() + nr - 1) / nr) * block_bytes;
   const int64_t per_thread = all_bytes <= kPixelMajorWeightBytes ? all_bytes : block_bytes;
-  return g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels * element_size +
-         at::get_num_threads() * per_thread;
+  return std::max(g.batch * (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * g.in_channels * element_size +
+                      at::get_num_threads() * per_thread,
+                  planes * element_size * at::get_num_threads());
 }
 
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
