@@ -21,6 +21,7 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 
 // Direct convolution straight from the input, no column buffer (conv_direct.cpp).
 bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
+bool direct_forward_is_blocked(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
 // out (N, C, H, W) += bias (C values) broadcast over images and pixels, when a bias is given.
