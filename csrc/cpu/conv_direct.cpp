@@ -500,7 +500,7 @@ std::vector<PatchRows> weight_grad_row_chunks(const ConvGeometry& g, int64_t mr)
 template <typename scalar_t>
 void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* padded, scalar_t* gw) {
   // The 12 x 32 tile on AVX-512 (measured faster here than the 6 x 64 one: half the dY^T bytes per step);
-  // the 12 x 16 one for groups of at most 16 output channels (ResNeXt's 16 per group: half the columns
+  // the 16 x 16 one for groups of at most 16 output channels (ResNeXt's 16 per group: half the columns
   // of the 12 x 32 tile would be zeros).
   const MicroKernels<scalar_t>& tall = micro_kernels<scalar_t>();
   const MicroKernels<scalar_t>& narrow = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());

@@ -73,7 +73,7 @@ const MicroKernels<T>& micro_kernels();
 
 // The kernels of the instruction set in use whose NR wastes the fewest columns on a matrix `columns`
 // wide (on AVX-512, a 6 x 64 tile where it fits as well as the 12 x 32 one of micro_kernels(), and a
-// 12 x 16 one for at most 16 columns).
+// 16 x 16 one for at most 16 columns).
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns);
 
