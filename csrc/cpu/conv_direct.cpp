@@ -121,11 +121,11 @@ int64_t plane_scratch_elements(const ConvGeometry& g) {
 }
 
 // Elements of one thread's scratch in grad_weight_rows_padded: phase planes of a batch of images, the
-// vector sums of 4 output channels' taps and a copy of a row's last vector (vectors of 64 bytes).
+// vector sums of 4 output channels' taps (vectors of 64 bytes).
 int64_t weight_grad_scratch_elements(const ConvGeometry& g, int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   return planes_baseline::weight_grad_images_per_batch(g, element_size) * planes_baseline::phase_planes(g).elements +
-         2 * 4 * g.kernel_h * g.kernel_w * lanes + 2 * lanes;
+         2 * 4 * g.kernel_h * g.kernel_w * lanes;
 }
 
 // Elements of one thread's scratch in grad_input_planes_padded: the group's upsampled output-gradient
