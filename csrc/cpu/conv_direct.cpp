@@ -136,23 +136,31 @@ int64_t grad_input_scratch_elements(const ConvGeometry& g) {
          planes_baseline::kGridOutputs * (g.in_h * u.cols + planes_baseline::kPaddedChunk);
 }
 
-// Whether a plane kernel writing `planes` planes of `plane` elements streams them (streams_output); each
-// thread then compacts a plane into a buffer of `plane` elements before writing it.
-bool planes_streamed(int64_t planes, int64_t plane, int64_t element_size) {
-  return streams_output(planes * plane * element_size);
+// Extra scratch elements per thread for a plane kernel writing `planes` planes of `plane` elements: where
+// it streams them (streams_output), a buffer in which each plane is compacted before it is written.
+int64_t streamed_plane_elements(int64_t planes, int64_t plane, int64_t element_size) {
+  return streams_output(planes * plane * element_size) ? plane : 0;
+}
+
+// Runs fn(p0, p1, scratch, compact) over ranges of `planes` output planes of `plane` elements, each worker
+// with `scratch_elements` of scratch and, where the planes are streamed, a compacting buffer (else null).
+template <typename scalar_t, typename Fn>
+void for_plane_ranges(int64_t planes, int64_t plane, int64_t scratch_elements, const Fn& fn) {
+  const int64_t compact = streamed_plane_elements(planes, plane, sizeof(scalar_t));
+  at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> scratch(scratch_elements + compact);
+    fn(p0, p1, scratch.data(), compact > 0 ? scratch.data() + scratch_elements : nullptr);
+  });
 }
 
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out) {
   if (plane_copies_fit(g)) {
-    const int64_t out_plane = g.out_h * g.out_w;
-    const bool stream = planes_streamed(g.batch * g.out_channels, out_plane, sizeof(scalar_t));
-    const int64_t scratch_size = plane_scratch_elements(g) + (stream ? out_plane : 0);
-    at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<scalar_t> scratch(scratch_size);
-      scalar_t* compact = stream ? scratch.data() + plane_scratch_elements(g) : nullptr;
-      FASTCONV_CALL_PLANES(forward_planes_padded<scalar_t>(g, in, w, out, p0, p1, scratch.data(), compact));
-    });
+    for_plane_ranges<scalar_t>(g.batch * g.out_channels, g.out_h * g.out_w, plane_scratch_elements(g),
+                               [&](int64_t p0, int64_t p1, scalar_t* scratch, scalar_t* compact) {
+                                 FASTCONV_CALL_PLANES(
+                                     forward_planes_padded<scalar_t>(g, in, w, out, p0, p1, scratch, compact));
+                               });
     return;
   }
   at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t p0, int64_t p1) {
@@ -163,14 +171,11 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   if (plane_grad_input_uses_padding(g)) {
-    const int64_t in_plane = g.in_h * g.in_w;
-    const bool stream = planes_streamed(g.batch * g.in_channels, in_plane, sizeof(scalar_t));
-    const int64_t scratch_size = grad_input_scratch_elements(g) + (stream ? in_plane : 0);
-    at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<scalar_t> scratch(scratch_size);
-      scalar_t* compact = stream ? scratch.data() + grad_input_scratch_elements(g) : nullptr;
-      FASTCONV_CALL_PLANES(grad_input_planes_padded<scalar_t>(g, go, w, gi, p0, p1, scratch.data(), compact));
-    });
+    for_plane_ranges<scalar_t>(g.batch * g.in_channels, g.in_h * g.in_w, grad_input_scratch_elements(g),
+                               [&](int64_t p0, int64_t p1, scalar_t* scratch, scalar_t* compact) {
+                                 FASTCONV_CALL_PLANES(
+                                     grad_input_planes_padded<scalar_t>(g, go, w, gi, p0, p1, scratch, compact));
+                               });
     return;
   }
   at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
@@ -770,11 +775,10 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   int64_t planes = 0;
   if (!direct_grad_input_is_blocked(g, element_size) && !direct_grad_input_by_phases(g, element_size) &&
       plane_grad_input_uses_padding(g))
-    planes = grad_input_scratch_elements(g) +
-             (planes_streamed(g.batch * g.in_channels, in_plane, element_size) ? in_plane : 0);
+    planes = grad_input_scratch_elements(g) + streamed_plane_elements(g.batch * g.in_channels, in_plane, element_size);
   if (!blocked_forward && plane_copies_fit(g))
     planes = std::max(planes, plane_scratch_elements(g) +
-                                  (planes_streamed(g.batch * g.out_channels, out_plane, element_size) ? out_plane : 0));
+                                  streamed_plane_elements(g.batch * g.out_channels, out_plane, element_size));
   if (!blocked_weight && plane_copies_fit(g)) planes = std::max(planes, weight_grad_scratch_elements(g, element_size));
   const int64_t plane_bytes = planes * element_size * at::get_num_threads();
   if (!blocked_forward && !blocked_weight) return plane_bytes;
