@@ -121,6 +121,14 @@ bool short_k_gemm(int64_t m, int64_t n, int64_t k, int64_t mr, int64_t nr, int64
          k * round_up(m, mr) * element_size <= kL2Bytes;
 }
 
+// Rows of A packed per panel (MC): all of them for a short-k product (short_k_gemm), else about
+// MC_ROWS_TARGET, never more than the matrix has.
+int64_t panel_rows(int64_t m, int64_t n, int64_t k, int64_t mr, int64_t nr, int64_t element_size) {
+  const int64_t all = round_up(m, mr);
+  if (short_k_gemm(m, n, k, mr, nr, element_size)) return all;
+  return std::min<int64_t>(std::max<int64_t>(mr, MC_ROWS_TARGET / mr * mr), all);
+}
+
 template <typename T>
 void gemm_impl(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_rs, int64_t a_cs, const BPacker<T>& b_packer,
                T* c, int64_t ldc, bool accumulate) {
@@ -134,12 +142,12 @@ void gemm_impl(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_rs, int64_
   const int64_t mr = ks.mr, nr = ks.nr;
   const int64_t kc_max = std::min<int64_t>(KC, k);
   const bool short_k = short_k_gemm(m, n, k, mr, nr, sizeof(T));
-  const int64_t mc = short_k ? round_up(m, mr) : std::max<int64_t>(mr, MC_ROWS_TARGET / mr * mr);
+  const int64_t mc = panel_rows(m, n, k, mr, nr, sizeof(T));
   const int64_t nc = std::min<int64_t>(NC, (n + nr - 1) / nr * nr);
   // Packing buffers: 64-byte aligned so the micro-kernel's vector loads never split cache lines.
   // (new T[] without "()" leaves the buffers uninitialised: packing writes every element it reads.)
   std::unique_ptr<T[]> b_buf(new T[kc_max * nc + 64 / sizeof(T)]);
-  std::unique_ptr<T[]> a_buf(new T[kc_max * std::min<int64_t>(mc, round_up(m, mr)) + 64 / sizeof(T)]);
+  std::unique_ptr<T[]> a_buf(new T[kc_max * mc + 64 / sizeof(T)]);
   T* b_packed = align_64(b_buf.get());
   T* a_packed = align_64(a_buf.get());
 
@@ -210,9 +218,7 @@ int64_t gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t element_si
   const int64_t mr = element_size == 4 ? kernels<float>().mr : kernels<double>().mr;
   const int64_t nr = element_size == 4 ? kernels<float>().nr : kernels<double>().nr;
   const int64_t kc = std::min<int64_t>(KC, k);
-  const int64_t mc = short_k_gemm(m, n, k, mr, nr, element_size)
-                         ? round_up(m, mr)
-                         : std::min<int64_t>(std::max<int64_t>(mr, MC_ROWS_TARGET / mr * mr), round_up(m, mr));
+  const int64_t mc = panel_rows(m, n, k, mr, nr, element_size);
   const int64_t nc = std::min<int64_t>(NC, round_up(n, nr));
   return (kc * nc + kc * mc) * element_size + 128;
 }
