@@ -279,10 +279,18 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
     if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
     if (transposed) {
-      // Row c0 + c of the layer's weight holds (this kernel's output channel, layer tap) in that order.
+      // Row c0 + c of the layer's weight holds (this kernel's output channel, layer tap) in that order: a
+      // cols x layer_taps matrix. Where the kernel uses every layer tap (stride 1, flipped), the matrix is
+      // transposed whole, layer tap layer_tap[t] sent to packed row (t, c); a stride phase uses a few of
+      // them, which are gathered one by one (a whole transpose measured slower there).
       const int64_t layer_taps = transposed->layer_taps;
       for (int64_t c = 0; c < cc; ++c) {
         const scalar_t* src = w + ((grp * cin_g + c0 + c) * cout_g + first) * layer_taps;
+        if (taps == layer_taps) {
+          for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (t * cc + c) * nr;
+          mk.transpose(cols, layer_taps, src, layer_taps, dst, 0, row_of);
+          continue;
+        }
         for (int64_t t = 0; t < taps; ++t) {
           const scalar_t* tap_src = src + transposed->layer_tap[t];
           scalar_t* row = dst + (t * cc + c) * nr;
@@ -328,6 +336,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
     std::vector<char> have(pixel_major ? all_blocks : 0);
     int64_t packed_block = -1;
     std::vector<int64_t> row_of(chunk * taps);
+    std::vector<scalar_t> bias_buf(bias ? nr + 64 / sizeof(scalar_t) : 0);
+    scalar_t* bias_row = bias ? align_64(bias_buf.data()) : nullptr;
+    int64_t bias_block = -1;
     std::vector<int64_t> pixel_offsets(tiles_per_item * mr), out_offsets(tiles_per_item * mr);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = pixel_major ? r % all_blocks : r / tile_groups;
@@ -335,6 +346,13 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       scalar_t* packed = pixel_major ? packed_all + b * k * nr : packed_all;
       const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
       const int64_t group_tiles = std::min(tiles_per_item, tiles - first_tile);
+      // The bias starts the tiles' sums (the micro-kernel's start row: nr values, zero past the block's
+      // last channel), instead of a pass over the tiles.
+      if (bias && b != bias_block) {
+        std::fill(bias_row, bias_row + nr, scalar_t(0));
+        std::copy(bias + grp * cout_g + first, bias + grp * cout_g + first + cols, bias_row);
+        bias_block = b;
+      }
       const int64_t q_first = first_tile * mr, pixels = std::min(group_tiles * mr, pixels_total - q_first);
       // The pixels' (image, row, column) by counting, not dividing (divisions dominated small kernels).
       int64_t n = q_first / out_plane, pq = q_first % out_plane, oh = pq / g.out_w, ow = pq % g.out_w;
@@ -364,12 +382,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
         const int64_t run = merge_rows ? g.kernel_w * cc : cc;
         for (int64_t tl = 0; tl < group_tiles; ++tl)
           mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, packed,
-                        tile + tl * mr * nr, nr, c0 > 0);
-      }
-      if (bias) {
-        const scalar_t* block_bias = bias + grp * cout_g + first;
-        for (int64_t i = 0; i < pixels; ++i)
-          for (int64_t j = 0; j < cols; ++j) tile[i * nr + j] += block_bias[j];
+                        tile + tl * mr * nr, nr, c0 > 0, bias ? bias_row : nullptr);
       }
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
