@@ -40,6 +40,8 @@ CONV2D_CASES = [
     (1, 32, 9, 9, 16, (3, 2), (2, 3), (1, 2), 1, 2, False),
     (1, 16, 7, 8, 16, 4, 3, 3, 1, 1, True),
     (2, 16, 12, 12, 16, 3, 2, 0, 1, 1, False),      # the last input row and column receive no gradient
+    (2, 16, 9, 13, 16, 3, 2, 1, 1, 1, True),        # stride-2 rows merged from two phases: an odd width
+    (1, 16, 10, 11, 16, 5, 2, 2, 1, 1, False),      # the same with an even padding (other phase first)
     # 1x1 layers on planes of 512+ pixels: the weight gradient by row dot products (partial blocks of
     # rows and columns, a plane that is no multiple of the vector width, groups).
     (2, 5, 23, 29, 7, 1, 1, 0, 1, 1, True),

@@ -715,16 +715,43 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
   // each row of the input gradient is written once, in order, from the phases' rows (zero where no phase
   // reaches).
   at::Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  // Per row phase, at stride 2: whether both column phases hold every column of a row, the first at
+  // (pad_w + 2 j) / 2 and the second at (pad_w + 1 + 2 j) / 2 for the row's columns 2 j and 2 j + 1.
+  std::vector<char> zip_fits(g.stride_h, 0);
+  if (g.stride_w == 2 && g.in_w >= 2) {
+    const auto covers = [&](int64_t rw, int64_t v0, int64_t n) {
+      const Phase& c = col_phases[rw];
+      return c.count > 0 && v0 >= c.first && v0 + n <= c.first + c.count;
+    };
+    const int64_t first = g.pad_w % 2;
+    const bool columns_fit = covers(first, g.pad_w / 2, (g.in_w + 1) / 2) && covers(1 - first, (g.pad_w + 1) / 2, g.in_w / 2);
+    for (int64_t rh = 0; rh < g.stride_h; ++rh)
+      zip_fits[rh] = columns_fit && parts[rh * 2].defined() && parts[rh * 2 + 1].defined();
+  }
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "phase_grad_input", [&] {
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.batch * g.in_channels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
         for (int64_t ih = 0; ih < g.in_h; ++ih) {
           scalar_t* row = gi + (p * g.in_h + ih) * g.in_w;
-          std::fill(row, row + g.in_w, scalar_t(0));
           const int64_t rh = (ih + g.pad_h) % g.stride_h, u = (ih + g.pad_h) / g.stride_h;
           const Phase& rows = row_phases[rh];
-          if (u < rows.first || u >= rows.first + rows.count) continue;
+          if (u < rows.first || u >= rows.first + rows.count) {
+            std::fill(row, row + g.in_w, scalar_t(0));
+            continue;
+          }
+          // Stride 2 with both column phases reaching the whole row (ResNet's 3x3/2 layers): the row is
+          // the two phases' rows merged, column ix from phase (ix + pad_w) mod 2 at (ix + pad_w) / 2.
+          if (g.stride_w == 2 && zip_fits[rh]) {
+            const int64_t first = g.pad_w % 2, v_first = g.pad_w / 2, v_second = (g.pad_w + 1) / 2;
+            const at::Tensor& a = parts[rh * 2 + first];
+            const at::Tensor& b = parts[rh * 2 + 1 - first];
+            FASTCONV_CALL_PLANES(zip_rows<scalar_t>(
+                a.const_data_ptr<scalar_t>() + (p * a.size(2) + u) * a.size(3) + v_first,
+                b.const_data_ptr<scalar_t>() + (p * b.size(2) + u) * b.size(3) + v_second, g.in_w, row));
+            continue;
+          }
+          std::fill(row, row + g.in_w, scalar_t(0));
           for (int64_t rw = 0; rw < g.stride_w; ++rw) {
             const at::Tensor& part = parts[rh * g.stride_w + rw];
             if (!part.defined()) continue;
