@@ -46,8 +46,8 @@ CONV2D_CASES = [
     # rows and columns, a plane that is no multiple of the vector width, groups).
     (2, 5, 23, 29, 7, 1, 1, 0, 1, 1, True),
     (2, 6, 24, 24, 4, 1, 1, 0, 1, 2, False),
-    # A small output with many weights: work items pack their own weight chunks (partial last chunk and
-    # channel block).
+    # A small output with many weights: fewer tiles than threads need, a block's tiles split between them
+    # (each packs the block), a partial last channel block.
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
     # Depthwise and narrow groups through the plane kernels on phase planes (strided forward and weight
     # gradient) and upsampled output gradients (input gradient): rows of whole vectors and of partial

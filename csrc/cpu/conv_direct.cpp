@@ -198,10 +198,6 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
   });
 }
 
-// Packed weights of one channel chunk that a work item of the blocked forward packs for itself: they stay in
-// a 48 KiB L1.
-constexpr int64_t kWeightChunkBytes = 32 * 1024;
-
 // Packed weights up to this size run the blocked forward pixel-major (see there): a core's 2 MiB L2.
 constexpr int64_t kPixelMajorWeightBytes = 2 << 20;
 
@@ -246,67 +242,55 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 
   // One work item: a group of up to tiles_per_item runs of mr consecutive output pixels (row-major over
   // the planes of all images) of one channel block. A short last run repeats its last pixel; the extra
-  // results are dropped.
-  constexpr int64_t kTilesPerGroup = 16;
-  // With few tiles (small outputs: a batch of 7x7 planes) every item packs the chunks it uses as it goes,
-  // so the weights, often larger than the caches there, are read once and never written out whole;
-  // otherwise each thread packs a whole channel block when it reaches the block's first item (see the
+  // results are dropped. A block's tiles go in groups of kTilesPerGroup, or split further where there are
+  // fewer blocks than an even share per thread needs (each thread working on a block packs it: see the
   // work loop).
-  const bool pack_in_items = tiles <= 4 * kTilesPerGroup;
-  // Each item that packs its own weights packs its whole channel block's: the blocks' tiles are split
-  // only as far as an even share per thread needs (each split packs the block again; at batch 1, splits
-  // of 16 tiles cost layer3 a fifth of its time).
+  constexpr int64_t kTilesPerGroup = 16;
   const int64_t all_blocks = g.groups * blocks, threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t splits = pack_in_items ? std::clamp<int64_t>(threads / std::gcd(all_blocks, threads), 1, std::max<int64_t>(tiles, 1))
-                                       : (tiles + kTilesPerGroup - 1) / kTilesPerGroup;
+  const int64_t splits = std::max((tiles + kTilesPerGroup - 1) / kTilesPerGroup,
+                                  std::min(std::max<int64_t>(tiles, 1), threads / std::gcd(all_blocks, threads)));
   const int64_t tiles_per_item = std::max<int64_t>(1, (tiles + splits - 1) / splits);
   const int64_t tile_groups = (tiles + tiles_per_item - 1) / tiles_per_item;  // no empty group
   const int64_t items = all_blocks * tile_groups;
-  // Items that pack their own weights do it by chunks of input channels (taps x chunk x nr elements) that
-  // stay in L1 while the item's tiles use them; whole packed blocks are used whole (measured faster: no
-  // per-chunk restarts of the micro-kernel).
-  const int64_t chunk = pack_in_items ? std::min(cin_g, std::max<int64_t>(1, kWeightChunkBytes /
-                                                                                 (taps * nr * int64_t(sizeof(scalar_t)))))
-                                      : cin_g;
-  // Weights packed as [group][channel block][channel chunk][tap][input channel of the chunk][nr], zero past
-  // the group's last output channel. The chunk starting at channel c0 starts c0 * taps * nr into its block.
-  // A chunk is a contiguous run of (channel, tap) columns of the block's weight rows: one transpose, each
-  // column sent to its (tap, channel) row of the packed chunk.
-  const auto pack_chunk = [&](int64_t b, int64_t c0, scalar_t* dst, int64_t* row_of) {
-    const int64_t cc = std::min(chunk, cin_g - c0);
+  // Weights packed as [group][channel block][tap][input channel][nr], zero past the group's last output
+  // channel. A block is the (channel, tap) columns of its weight rows: one transpose, each column sent to
+  // its (tap, channel) row of the packed block. (Small outputs once packed chunks of a block that stay in
+  // L1 as each item went: whole blocks measured faster, at batch 1 layer4.0 0.59 -> 0.52 ms, MobileNetV2's
+  // 576 -> 96 1x1 layer 0.22 -> 0.14 ms, the text CNN's k5 conv1d 0.69 -> 0.60 ms.)
+  const auto pack_block = [&](int64_t b, scalar_t* dst, int64_t* row_of) {
     const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-    for (int64_t c = 0; c < cc; ++c)
-      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
-    if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
+    for (int64_t c = 0; c < cin_g; ++c)
+      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cin_g + c) * nr;
+    if (cols < nr) std::fill(dst, dst + k * nr, scalar_t(0));
     if (transposed) {
-      // Row c0 + c of the layer's weight holds (this kernel's output channel, layer tap) in that order: a
+      // Row c of the layer's weight holds (this kernel's output channel, layer tap) in that order: a
       // cols x layer_taps matrix. Where the kernel uses every layer tap (stride 1, flipped), the matrix is
       // transposed whole, layer tap layer_tap[t] sent to packed row (t, c); a stride phase uses a few of
       // them, which are gathered one by one (a whole transpose measured slower there).
       const int64_t layer_taps = transposed->layer_taps;
-      for (int64_t c = 0; c < cc; ++c) {
-        const scalar_t* src = w + ((grp * cin_g + c0 + c) * cout_g + first) * layer_taps;
+      for (int64_t c = 0; c < cin_g; ++c) {
+        const scalar_t* src = w + ((grp * cin_g + c) * cout_g + first) * layer_taps;
         if (taps == layer_taps) {
-          for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (t * cc + c) * nr;
+          for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (t * cin_g + c) * nr;
           mk.transpose(cols, layer_taps, src, layer_taps, dst, 0, row_of);
           continue;
         }
         for (int64_t t = 0; t < taps; ++t) {
           const scalar_t* tap_src = src + transposed->layer_tap[t];
-          scalar_t* row = dst + (t * cc + c) * nr;
+          scalar_t* row = dst + (t * cin_g + c) * nr;
           for (int64_t j = 0; j < cols; ++j) row[j] = tap_src[j * layer_taps];
         }
       }
       return;
     }
-    mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
+    mk.transpose(cols, k, w + (grp * cout_g + first) * k, k, dst, 0, row_of);
   };
 
-  // With one group, whole channels and no horizontal dilation, the (tap, channel) entries of one kernel
-  // row lie side by side in a padded channels-last pixel row, and the packed weights are in the same
-  // order: the micro-kernel then runs over kernel rows of kernel_w * channels entries each, instead of
-  // restarting per tap (the 7x7 stem's 3 channels, a 1-D front end's single one).
-  const bool merge_rows = g.groups == 1 && g.dil_w == 1 && chunk == cin_g;
+  // With one group and no horizontal dilation, the (tap, channel) entries of one kernel row lie side by
+  // side in a padded channels-last pixel row, and the packed weights are in the same order: the
+  // micro-kernel then runs over kernel rows of kernel_w * channels entries each, instead of restarting per
+  // tap (the 7x7 stem's 3 channels, a 1-D front end's single one).
+  const bool merge_rows = g.groups == 1 && g.dil_w == 1;
   std::vector<int64_t> row_offsets(g.kernel_h);
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) row_offsets[kh] = kh * g.dil_h * padded_w * channels;
   const int64_t* k_offsets = merge_rows ? row_offsets.data() : tap_offsets.data();
@@ -320,22 +304,22 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // layer3.0 (1.2 MB of weights) 2.8 -> 2.6 ms; layer3 (2.4 MB) was slower this way, and layer2 at
   // batch 1 (0.5 MB of input, 0.6 MB of weights) too.
   const int64_t packed_bytes = all_blocks * k * nr * int64_t(sizeof(scalar_t));
-  const bool pixel_major = !pack_in_items && all_blocks > 1 && packed_bytes <= kPixelMajorWeightBytes &&
+  const bool pixel_major = all_blocks > 1 && packed_bytes <= kPixelMajorWeightBytes &&
                            g.batch * in_image * int64_t(sizeof(scalar_t)) >= 2 * packed_bytes;
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
-    // The weights this thread packed: a chunk for the current item, the current item's whole channel
-    // block, or (pixel-major) every block, each packed when first needed. Block by block, a thread takes
+    // The weights this thread packed: the current item's channel block or (pixel-major) every block, each
+    // packed when first needed. Block by block, a thread takes
     // a contiguous range of items, so it packs each block it works on once (a block split between two
     // threads is packed by both), just before using it: the block (at most taps x channels x nr) is
     // written to and read from this core's L2, where packing all blocks up front sent them through
     // memory (9.4 MB each way on layer4).
-    std::vector<scalar_t> packed_buf((pixel_major ? all_blocks : 1) * chunk * taps * nr + 64 / sizeof(scalar_t));
+    std::vector<scalar_t> packed_buf((pixel_major ? all_blocks : 1) * k * nr + 64 / sizeof(scalar_t));
     scalar_t* packed_all = align_64(packed_buf.data());
     std::vector<char> have(pixel_major ? all_blocks : 0);
     int64_t packed_block = -1;
-    std::vector<int64_t> row_of(chunk * taps);
+    std::vector<int64_t> row_of(k);
     std::vector<scalar_t> bias_buf(bias ? nr + 64 / sizeof(scalar_t) : 0);
     scalar_t* bias_row = bias ? align_64(bias_buf.data()) : nullptr;
     int64_t bias_block = -1;
@@ -370,20 +354,13 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
           if (++oh == g.out_h) oh = 0, pq = 0, ++n;
         }
       }
-      for (int64_t c0 = 0; c0 < cin_g; c0 += chunk) {
-        const int64_t cc = std::min(chunk, cin_g - c0);
-        if (pixel_major) {
-          if (!have[b]) pack_chunk(b, c0, packed, row_of.data());
-          have[b] = 1;
-        } else {
-          if (pack_in_items || b != packed_block) pack_chunk(b, c0, packed, row_of.data());
-          packed_block = pack_in_items ? -1 : b;
-        }
-        const int64_t run = merge_rows ? g.kernel_w * cc : cc;
-        for (int64_t tl = 0; tl < group_tiles; ++tl)
-          mk.micro_conv(k_groups, run, in + grp * cin_g + c0, pixel_offsets.data() + tl * mr, k_offsets, packed,
-                        tile + tl * mr * nr, nr, c0 > 0, bias ? bias_row : nullptr);
-      }
+      if (pixel_major ? !have[b] : b != packed_block) pack_block(b, packed, row_of.data());
+      if (pixel_major) have[b] = 1;
+      packed_block = b;
+      const int64_t run = merge_rows ? g.kernel_w * cin_g : cin_g;
+      for (int64_t tl = 0; tl < group_tiles; ++tl)
+        mk.micro_conv(k_groups, run, in + grp * cin_g, pixel_offsets.data() + tl * mr, k_offsets, packed,
+                      tile + tl * mr * nr, nr, false, bias ? bias_row : nullptr);
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
