@@ -270,6 +270,10 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       const int64_t layer_taps = transposed->layer_taps;
       for (int64_t c = 0; c < cin_g; ++c) {
         const scalar_t* src = w + ((grp * cin_g + c) * cout_g + first) * layer_taps;
+        if (layer_taps == 1) {  // a 1x1 layer: the row is already contiguous
+          std::copy(src, src + cols, dst + c * nr);
+          continue;
+        }
         if (taps == layer_taps) {
           for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (t * cin_g + c) * nr;
           mk.transpose(cols, layer_taps, src, layer_taps, dst, 0, row_of);
