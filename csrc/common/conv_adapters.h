@@ -26,11 +26,11 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 //   at 8 per group, 28x28, batch 8, 3x faster than im2col forward and 4x forward+backward).
 // - CPU, dense layers: direct (its register tiles run over the pixels of all images, so small planes
 //   fill them too). The input gradient of a strided layer: direct (stride-1 convolutions, one per
-//   stride phase) from 256 output pixels over the batch, with at least 16 input and 8 output channels
-//   per group, no dilation and a stride within the kernel (the conditions of direct_grad_input_by_phases
-//   in cpu/conv_direct.cpp); im2col otherwise (ResNet-18's strided 3x3 layers, 2 threads: the phases
-//   take 5.1 / 4.7 / 5.3 ms against im2col's 5.8 / 5.7 / 9.4 at batch 8 on layer2.0 / 3.0 / 4.0, and
-//   win at batch 2 and 32 too; at batch 1 im2col is up to 15% faster on layer3.0 and layer4.0).
+//   stride phase) with at least 16 input and 8 output channels per group, no dilation and a stride
+//   within the kernel (the conditions of direct_grad_input_by_phases in cpu/conv_direct.cpp); im2col
+//   otherwise (ResNet-18's strided 3x3 layers, 2 threads: the phases take 5.1 / 4.7 / 5.3 ms against
+//   im2col's 5.8 / 5.7 / 9.4 at batch 8 on layer2.0 / 3.0 / 4.0, and win at batch 32 too; at batch 2
+//   layer4.0 1.48 against 2.15 ms, at batch 1 layer3.0 / 4.0 0.52 / 1.06 against 0.55 / 1.11 ms).
 // - CPU, 1x1 stride-1 layers with one group, 16+ channels on each side and small outputs (at most 2048
 //   pixels over the batch): direct for the forward and the input gradient, whose register tiles run over
 //   the pixels of all images (MobileNetV2's 7x7 and 14x14 1x1 layers at batch 8: 5-25% faster forward,
@@ -59,8 +59,7 @@ inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cud
   if (g.groups > 1 && g.out_channels_per_group() < 16) return ConvAlgo::Direct;
   if (pass == ConvPass::BackwardInput && (g.stride_h != 1 || g.stride_w != 1)) {
     const bool phases_fit = g.dil_h == 1 && g.dil_w == 1 && g.stride_h <= g.kernel_h && g.stride_w <= g.kernel_w &&
-                            g.in_channels_per_group() >= 16 && g.out_channels_per_group() >= 8 &&
-                            static_cast<double>(g.batch) * g.out_h * g.out_w >= 256.0;
+                            g.in_channels_per_group() >= 16 && g.out_channels_per_group() >= 8;
     return phases_fit ? ConvAlgo::Direct : ConvAlgo::Im2col;
   }
   return ConvAlgo::Direct;
