@@ -314,11 +314,10 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
     std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
     // The weights this thread packed: the current item's channel block or (pixel-major) every block, each
-    // packed when first needed. Block by block, a thread takes
-    // a contiguous range of items, so it packs each block it works on once (a block split between two
-    // threads is packed by both), just before using it: the block (at most taps x channels x nr) is
-    // written to and read from this core's L2, where packing all blocks up front sent them through
-    // memory (9.4 MB each way on layer4).
+    // packed when first needed. Block by block, a thread takes a contiguous range of items, so it packs
+    // each block it works on once (a block split between two threads is packed by both), just before
+    // using it: the block (at most taps x channels x nr) is written to and read from this core's L2,
+    // where packing all blocks up front sent them through memory (9.4 MB each way on layer4).
     std::vector<scalar_t> packed_buf((pixel_major ? all_blocks : 1) * k * nr + 64 / sizeof(scalar_t));
     scalar_t* packed_all = align_64(packed_buf.data());
     std::vector<char> have(pixel_major ? all_blocks : 0);
@@ -364,7 +363,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       const int64_t run = merge_rows ? g.kernel_w * cin_g : cin_g;
       for (int64_t tl = 0; tl < group_tiles; ++tl)
         mk.micro_conv(k_groups, run, in + grp * cin_g, pixel_offsets.data() + tl * mr, k_offsets, packed,
-                      tile + tl * mr * nr, nr, false, bias ? bias_row : nullptr);
+                      tile + tl * mr * nr, nr, bias ? bias_row : nullptr);
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
