@@ -259,8 +259,6 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
   // 576 -> 96 1x1 layer 0.22 -> 0.14 ms, the text CNN's k5 conv1d 0.69 -> 0.60 ms.)
   const auto pack_block = [&](int64_t b, scalar_t* dst, int64_t* row_of) {
     const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-    for (int64_t c = 0; c < cin_g; ++c)
-      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cin_g + c) * nr;
     if (cols < nr) std::fill(dst, dst + k * nr, scalar_t(0));
     if (transposed) {
       // Row c of the layer's weight holds (this kernel's output channel, layer tap) in that order: a
@@ -287,6 +285,8 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       }
       return;
     }
+    for (int64_t c = 0; c < cin_g; ++c)
+      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cin_g + c) * nr;
     mk.transpose(cols, k, w + (grp * cout_g + first) * k, k, dst, 0, row_of);
   };
 
@@ -418,12 +418,13 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
           for (int64_t q = q0; q < q0 + count;) {
             const int64_t len = std::min(q0 + count - q, w - q % w);
             const scalar_t* from = src + image * c * plane + q;
+            const scalar_t* rows[4] = {from, from + plane, from + 2 * plane, from + 3 * plane};  // c of them
             scalar_t* to = padded_image + pixel_at[q];
             switch (c) {
               case 1: std::memcpy(to, from, len * sizeof(scalar_t)); break;
-              case 2: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 2>(from, plane, len, to)); break;
-              case 3: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 3>(from, plane, len, to)); break;
-              default: FASTCONV_CALL_PLANES(interleave_channels<scalar_t, 4>(from, plane, len, to)); break;
+              case 2: FASTCONV_CALL_PLANES(interleave_rows<scalar_t, 2>(rows, len, to)); break;
+              case 3: FASTCONV_CALL_PLANES(interleave_rows<scalar_t, 3>(rows, len, to)); break;
+              default: FASTCONV_CALL_PLANES(interleave_rows<scalar_t, 4>(rows, len, to)); break;
             }
             q += len;
           }
@@ -698,13 +699,13 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
   // Per row phase, at stride 2: whether both column phases hold every column of a row, the first at
   // (pad_w + 2 j) / 2 and the second at (pad_w + 1 + 2 j) / 2 for the row's columns 2 j and 2 j + 1.
   std::vector<char> zip_fits(g.stride_h, 0);
+  const int64_t first = g.pad_w % 2, v_first = g.pad_w / 2, v_second = (g.pad_w + 1) / 2;
   if (g.stride_w == 2 && g.in_w >= 2) {
     const auto covers = [&](int64_t rw, int64_t v0, int64_t n) {
       const Phase& c = col_phases[rw];
       return c.count > 0 && v0 >= c.first && v0 + n <= c.first + c.count;
     };
-    const int64_t first = g.pad_w % 2;
-    const bool columns_fit = covers(first, g.pad_w / 2, (g.in_w + 1) / 2) && covers(1 - first, (g.pad_w + 1) / 2, g.in_w / 2);
+    const bool columns_fit = covers(first, v_first, (g.in_w + 1) / 2) && covers(1 - first, v_second, g.in_w / 2);
     for (int64_t rh = 0; rh < g.stride_h; ++rh)
       zip_fits[rh] = columns_fit && parts[rh * 2].defined() && parts[rh * 2 + 1].defined();
   }
@@ -723,12 +724,12 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
           // Stride 2 with both column phases reaching the whole row (ResNet's 3x3/2 layers): the row is
           // the two phases' rows merged, column ix from phase (ix + pad_w) mod 2 at (ix + pad_w) / 2.
           if (g.stride_w == 2 && zip_fits[rh]) {
-            const int64_t first = g.pad_w % 2, v_first = g.pad_w / 2, v_second = (g.pad_w + 1) / 2;
             const at::Tensor& a = parts[rh * 2 + first];
             const at::Tensor& b = parts[rh * 2 + 1 - first];
-            FASTCONV_CALL_PLANES(zip_rows<scalar_t>(
-                a.const_data_ptr<scalar_t>() + (p * a.size(2) + u) * a.size(3) + v_first,
-                b.const_data_ptr<scalar_t>() + (p * b.size(2) + u) * b.size(3) + v_second, g.in_w, row));
+            const scalar_t* halves[2] = {a.const_data_ptr<scalar_t>() + (p * a.size(2) + u) * a.size(3) + v_first,
+                                         b.const_data_ptr<scalar_t>() + (p * b.size(2) + u) * b.size(3) + v_second};
+            FASTCONV_CALL_PLANES(interleave_rows<scalar_t, 2>(halves, g.in_w / 2, row));
+            if (g.in_w % 2) row[g.in_w - 1] = halves[0][g.in_w / 2];
             continue;
           }
           std::fill(row, row + g.in_w, scalar_t(0));

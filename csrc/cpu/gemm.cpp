@@ -84,12 +84,11 @@ const MicroKernels<T>& kernels() {
   return set;
 }
 
-// AVX-512 also has a 6 x 4-vector tile: half the broadcasts per multiply-add of the 12 x 2 one, for the
-// direct convolution's 64-channel blocks. Elsewhere the same set as kernels().
-template <typename T>
-MicroKernels<T> wide_kernels_for_cpu() {
+// An MR x NV-vector tile that only AVX-512 has (its 32 registers); elsewhere the same set as kernels().
+template <typename T, int MR, int NV>
+MicroKernels<T> avx512_tile_for_cpu() {
 #ifdef FASTCONV_HAVE_X86_KERNELS
-  if (active_cpu_isa() == CpuIsa::Avx512) return FASTCONV_KERNEL_SET(isa_avx512, T, 6, 4);
+  if (active_cpu_isa() == CpuIsa::Avx512) return FASTCONV_KERNEL_SET(isa_avx512, T, MR, NV);
 #endif
   return kernels_for_cpu<T>();
 }
@@ -230,22 +229,15 @@ const MicroKernels<T>& micro_kernels() {
 template const MicroKernels<float>& micro_kernels<float>();
 template const MicroKernels<double>& micro_kernels<double>();
 
-// AVX-512 has a 16 x 1-vector tile too, for groups of at most one vector of output channels (ResNeXt's 16
-// per group): the 12 x 2 tile would compute as many zero columns as real ones. Its 16 rows also cover a
-// tap's 16 input channels in one weight-gradient chunk (12 rows split them 12 + 4: ResNeXt-50 layer3's
-// weight gradient at batch 8, 2.4-2.8 -> 1.55-1.75 ms). Elsewhere the same set as kernels().
-template <typename T>
-MicroKernels<T> narrow_kernels_for_cpu() {
-#ifdef FASTCONV_HAVE_X86_KERNELS
-  if (active_cpu_isa() == CpuIsa::Avx512) return FASTCONV_KERNEL_SET(isa_avx512, T, 16, 1);
-#endif
-  return kernels_for_cpu<T>();
-}
-
+// Besides the 12 x 2 tile, AVX-512 has a 6 x 4 one (wide: half the broadcasts per multiply-add, for the
+// direct convolution's 64-channel blocks) and a 16 x 1 one (narrow: for groups of at most one vector of
+// output channels, ResNeXt's 16 per group, where the 12 x 2 tile would compute as many zero columns as
+// real ones; its 16 rows also cover a tap's 16 input channels in one weight-gradient chunk, where 12 rows
+// split them 12 + 4: ResNeXt-50 layer3's weight gradient at batch 8, 2.4-2.8 -> 1.55-1.75 ms).
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns) {
-  static const MicroKernels<T> wide = wide_kernels_for_cpu<T>();
-  static const MicroKernels<T> narrow = narrow_kernels_for_cpu<T>();
+  static const MicroKernels<T> wide = avx512_tile_for_cpu<T, 6, 4>();
+  static const MicroKernels<T> narrow = avx512_tile_for_cpu<T, 16, 1>();
   const MicroKernels<T>& tall = kernels<T>();
   if (columns <= narrow.nr && narrow.nr < tall.nr) return narrow;
   const auto waste = [&](const MicroKernels<T>& set) { return (columns + set.nr - 1) / set.nr * set.nr - columns; };
