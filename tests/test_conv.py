@@ -74,8 +74,20 @@ CONV1D_CASES = [
     (1, 1, 100, 8, 25, 4, 10, 1, 1, True),          # long strided front end
     (3, 6, 17, 6, 3, 1, 2, 2, 6, True),            # depthwise dilated
     (2, 8, 9, 4, 1, 1, 0, 1, 1, True),
-    (2, 8, 300, 24, 5, 1, 2, 1, 1, True),          # blocked direct kernels, auto picks them
+    (2, 8, 300, 24, 5, 1, 2, 1, 1, True),          # direct: forward and input gradient along rows, blocked weight gradient
     (2, 1, 300, 200, 10, 5, 0, 1, 1, True),        # 1-channel front end: one-panel GEMM, auto's im2col
+    # The direct kernels along rows (conv_rows.cpp) and the channels-last blocked ones, by pass: 20 input
+    # channels (blocked forward, rows input gradient, blocked weight gradient); 270 output entries (blocked
+    # input gradient); partial pieces of outputs and a partial channel block, dilated (rows everywhere);
+    # stride 3 with 14 entries (the weight gradient's runs reordered by phase, masked row ends); rows longer
+    # than a slice; short rows summed over several images per call.
+    (2, 20, 70, 24, 3, 1, 1, 1, 1, True),
+    (2, 24, 130, 90, 3, 1, 2, 1, 1, False),
+    (3, 5, 150, 13, 4, 1, 3, 2, 1, True),
+    (2, 2, 203, 10, 7, 3, 2, 1, 1, True),
+    (1, 4, 2100, 6, 3, 1, 1, 2, 1, False),
+    (5, 3, 40, 7, 3, 1, 0, 1, 1, True),
+    (1, 70, 1030, 70, 2, 1, 0, 3, 1, False),       # the weight gradient's passes over part of the channels
 ]
 
 

@@ -20,6 +20,9 @@
 // element is one thread's sum in a fixed order, so the backward is deterministic. Paddings or strides
 // out of proportion with the plane, and kernels of more than 64 taps, take row-by-row kernels instead
 // (edge handling hoisted out by valid_output_range).
+//
+// One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
+// forward, few entries for the input gradient, dilated or few entries for the weight gradient).
 #include <ATen/Parallel.h>
 
 #if defined(__x86_64__)
@@ -791,7 +794,8 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size) {
          g.in_channels_per_group() * g.kernel_h * g.kernel_w >= 8;
 }
 
-int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
+// The scratch of the blocked and plane kernels.
+static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   // The plane kernels' scratch, one per thread, for each pass they take: the input gradient's upsampled
   // planes (where neither the blocked kernel nor its stride phases take it), the forward's and the weight
   // gradient's phase planes.
@@ -820,8 +824,15 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
                   plane_bytes);
 }
 
+int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
+  // Where the rows (conv_rows.cpp) take a pass, they replace that pass's scratch: the larger of the two
+  // counts is an upper bound.
+  return std::max(rows_workspace_bytes(g, element_size), kernels_workspace_bytes(g, element_size));
+}
+
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias) {
+  if (rows_forward_applies(g)) return rows_forward(g, input.contiguous(), weight, bias);
   const bool blocked = direct_forward_is_blocked(g, input.element_size());
   const bool has_bias = bias.has_value() && bias->defined();
   // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it) and adds
@@ -841,14 +852,20 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   at::Tensor grad_input, grad_weight;
   const int64_t element_size = input.element_size();
-  if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
+  if (output_mask[0] && rows_grad_input_applies(g)) {
+    grad_input = rows_grad_input(g, grad_output, weight);
+    output_mask[0] = false;
+  } else if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
     grad_input = blocked_grad_input(g, grad_output, weight);
     output_mask[0] = false;
   } else if (output_mask[0] && direct_grad_input_by_phases(g, element_size)) {
     grad_input = phase_grad_input(g, grad_output, weight);
     output_mask[0] = false;
   }
-  if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
+  if (output_mask[1] && rows_grad_weight_applies(g)) {
+    grad_weight = rows_grad_weight(g, grad_output, input);
+    output_mask[1] = false;
+  } else if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
     grad_weight = blocked_grad_weight(g, grad_output, input);
     output_mask[1] = false;
   }

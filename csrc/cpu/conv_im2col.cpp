@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "cpu/conv_kernels.h"
 #include "cpu/gemm.h"
@@ -206,6 +207,8 @@ void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scal
   const int64_t row_block = mk.dot_rows_max, col_block = mk.dot_cols_max;
   const int64_t row_blocks = (cout_g + row_block - 1) / row_block;
   constexpr int64_t kPixelsPerChunk = 512;
+  std::vector<int64_t> input_rows(col_block);  // offsets of a block's input-channel planes
+  for (int64_t j = 0; j < col_block; ++j) input_rows[j] = j * plane;
   at::parallel_for(0, g.groups * row_blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t n = 0; n < g.batch; ++n)
       for (int64_t p0 = 0; p0 < plane; p0 += kPixelsPerChunk) {
@@ -215,9 +218,9 @@ void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scal
           const int64_t rows = std::min(row_block, cout_g - co);
           const scalar_t* dy = go + (n * g.out_channels + grp * cout_g + co) * plane + p0;
           for (int64_t ci = 0; ci < cin_g; ci += col_block)
-            mk.dot_rows(len, dy, plane, rows, in + (n * g.in_channels + grp * cin_g + ci) * plane + p0, plane,
-                        std::min(col_block, cin_g - ci), gw + (grp * cout_g + co) * cin_g + ci, cin_g,
-                        n > 0 || p0 > 0);
+            mk.dot_rows(len, 1, dy, plane, 0, rows, in + (n * g.in_channels + grp * cin_g + ci) * plane + p0,
+                        input_rows.data(), 0, std::min(col_block, cin_g - ci), gw + (grp * cout_g + co) * cin_g + ci,
+                        cin_g, n > 0 || p0 > 0);
         }
       }
   });

@@ -24,6 +24,17 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
 bool direct_forward_is_blocked(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
+// One-dimensional layers computed along their rows (conv_rows.cpp), which the direct algorithm takes
+// where the *_applies tests pass; rows_workspace_bytes: the phase copy it makes, and the packed weights.
+bool rows_forward_applies(const ConvGeometry& g);
+bool rows_grad_input_applies(const ConvGeometry& g);
+bool rows_grad_weight_applies(const ConvGeometry& g);
+int64_t rows_workspace_bytes(const ConvGeometry& g, int64_t element_size);
+at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias);
+at::Tensor rows_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight);
+at::Tensor rows_grad_weight(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input);
+
 // out (N, C, H, W) += bias (C values) broadcast over images and pixels, when a bias is given.
 inline void add_channel_bias(at::Tensor& out, const std::optional<at::Tensor>& bias) {
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, out.size(1), 1, 1}));

@@ -62,11 +62,11 @@ struct MicroKernels {
                            int64_t dst_stride, const int64_t* dst_cols);
   void (*pack_a)(int64_t kc, int64_t rows, const T* a, int64_t row_stride, int64_t col_stride, T* out);
   void (*pack_b)(int64_t kc, int64_t cols, const T* b, int64_t row_stride, int64_t col_stride, T* out);
-  // c[i * ldc + j] = / += sum over p < k of a[i * lda + p] * b[j * ldb + p], i < rows <= dot_rows_max,
-  // j < cols <= dot_cols_max: dot products of rows, both contiguous along p
+  // c[i * ldc + j] = / += sum over q < count, p < k of a[q * a_step + i * lda + p] * b[q * b_step + b_rows[j] + p],
+  // i < rows <= dot_rows_max, j < cols <= dot_cols_max: dot products of rows, both contiguous along p
   int dot_rows_max, dot_cols_max;
-  void (*dot_rows)(int64_t k, const T* a, int64_t lda, int64_t rows, const T* b, int64_t ldb, int64_t cols, T* c,
-                   int64_t ldc, bool accumulate);
+  void (*dot_rows)(int64_t k, int64_t count, const T* a, int64_t lda, int64_t a_step, int64_t rows, const T* b,
+                   const int64_t* b_rows, int64_t b_step, int64_t cols, T* c, int64_t ldc, bool accumulate);
 };
 
 template <typename T>
