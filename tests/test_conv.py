@@ -88,6 +88,8 @@ CONV1D_CASES = [
     (1, 4, 2100, 6, 3, 1, 1, 2, 1, False),
     (5, 3, 40, 7, 3, 1, 0, 1, 1, True),
     (1, 70, 1030, 70, 2, 1, 0, 3, 1, False),       # the weight gradient's passes over part of the channels
+    (2, 20, 90, 12, 3, 1, 3, 3, 1, True),          # dilated: forward along rows with 20 channels
+    (1, 100, 60, 8, 3, 1, 2, 2, 1, False),         # dilated with 300 entries: blocked forward
 ]
 
 

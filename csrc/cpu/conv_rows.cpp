@@ -1,21 +1,23 @@
 // Direct convolution of one-dimensional layers (a height of 1: conv1d after its reshape), computed along
 // the rows of their (N, C, L) tensors, which are contiguous: nothing is transposed.
 //
-// The input is copied once, zero-padded and split into its stride phases: phase r of a padded row holds
-// its elements r, r + s, r + 2s, ..., so X[n][ci][t*s + k*d - p] = P[n][ci][r_k][t + q_k] with
-// r_k = (k*d) mod s and q_k = (k*d) div s. For output t, every (channel, tap) entry of the weight then
-// reads a contiguous, shifted run of one phase row.
+// For output t, the (channel ci, tap k) entry of the weight reads input element t*s + k*d - p of row ci.
+// At stride 1 that is a contiguous run of the row shifted by k*d - p. At larger strides the input is first
+// copied, zero-padded and split into its stride phases (phase r of a padded row holds its elements r,
+// r + s, r + 2s, ...): the entry then reads phase r_k = (k*d) mod s from q_k = (k*d) div s on, again a
+// contiguous run.
 //
-// Forward: tiles of output channels x consecutive outputs (micro_rows: 6 channels x 64 outputs on
-// AVX-512), summed over the entries with the weights packed by channel block and the input runs read in
-// place; each tile is written straight into the output rows. The stride-1 input gradient is the same
-// kernel on the output gradient with the weights transposed and flipped.
+// Forward: a work item is an image's piece of nr outputs; the runs of all entries for it are packed into a
+// panel (entries x nr, zeros where a run leaves its row), which every block of mr output channels
+// multiplies with its packed weights (the GEMM micro-kernel), straight into the output rows. The bias is
+// one more entry, whose run is all ones. The stride-1 input gradient is the same kernel on the output
+// gradient with the weights transposed and flipped.
 //
-// Weight gradient: dW[co][ci][k] = sum over images n and outputs t of dY[n][co][t] * P[n][ci][r_k][t + q_k],
-// dot products of output-gradient rows with the entries' runs (dot_rows: 4 output channels x 6 entries
-// per call on AVX-512). Threads own blocks of output channels; each weight is summed over the slices
-// (groups of images, or pieces of long rows) in their order, so the result does not depend on the
-// thread count.
+// Weight gradient (on the phase copy, at any stride): dW[co][ci][k] = sum over images n and outputs t of
+// dY[n][co][t] * P[n][ci][r_k][t + q_k], dot products of output-gradient rows with the entries' runs
+// (dot_rows: 4 output channels x 6 entries per call on AVX-512). Threads own blocks of output channels;
+// each weight is summed over the slices (groups of images, or pieces of long rows) in their order, so the
+// result does not depend on the thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -147,22 +149,31 @@ void rows_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const sc
 // every channel block reads it.
 constexpr int64_t kPanelEntries = 256;
 
-// The forward of a one-group layer on its phase copy. The weight of output channel o, input channel c and
-// tap k is weight[o * o_stride + c * c_stride + (flip ? taps - 1 - k : k)]: the layer's own weight, or,
-// for the input gradient, its transpose, flipped. A work item is an image's piece of nr outputs: its
-// entries' runs are copied into an aligned panel (entries x nr, the packed B of the GEMM micro-kernel;
-// read in place, the runs' shifts split most vector loads across cache lines), which every block of mr
-// output channels then multiplies with its packed weights, straight into the output rows.
+// The forward of a one-group layer on src: its input at stride 1, else the input's phase copy. The weight
+// of output channel o, input channel c and tap k is weight[o * o_stride + c * c_stride + (flip ? taps - 1 -
+// k : k)]: the layer's own weight, or, for the input gradient, its transpose, flipped. The panel is the
+// packed B of the GEMM micro-kernel: aligned, where the runs read in place would split most vector loads
+// across cache lines (their shifts).
 template <typename scalar_t>
-void rows_forward_kernel(const ConvGeometry& g, const scalar_t* phases, const scalar_t* weight, int64_t o_stride,
+void rows_forward_kernel(const ConvGeometry& g, const scalar_t* src, const scalar_t* weight, int64_t o_stride,
                          int64_t c_stride, bool flip, const scalar_t* bias, scalar_t* out) {
   const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_w);
   const int64_t mr = mk.mr, nr = mk.nr, taps = g.kernel_w, out_len = g.out_w;
   // The bias, where given, is one more entry (the first), whose run is all ones: the sums start from it.
   const int64_t first = bias ? 1 : 0, entries = first + g.in_channels * taps;
   const int64_t blocks = (g.out_channels + mr - 1) / mr;
-  std::vector<int64_t> offsets = entry_offsets(g);
-  if (bias) offsets.insert(offsets.begin(), -1);  // never read: the panel's ones row
+  // Where each entry's run starts, from the image's first row: at stride 1 in the input itself (src),
+  // whose row ends the packing handles (zeros outside the row: shift is where the run starts in it, for
+  // the first output); at larger strides in the phase copy (src), padded, so every run lies inside.
+  const bool in_place = g.stride_w == 1;
+  std::vector<int64_t> offsets = entry_offsets(g), shift(entries, 0);
+  if (in_place)
+    for (int64_t c = 0; c < g.in_channels; ++c)
+      for (int64_t k = 0; k < taps; ++k) {
+        shift[first + c * taps + k] = k * g.dil_w - g.pad_w;
+        offsets[c * taps + k] = c * g.in_w + k * g.dil_w - g.pad_w;
+      }
+  if (bias) offsets.insert(offsets.begin(), 0);  // never read: the panel's ones row
   // Weights packed by block of mr output channels, mr values per entry (zeros past the last channel).
   std::vector<scalar_t> packed(blocks * entries * mr, scalar_t(0));
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -177,7 +188,8 @@ void rows_forward_kernel(const ConvGeometry& g, const scalar_t* phases, const sc
       }
   });
   const int64_t pieces = (out_len + nr - 1) / nr;  // of nr outputs per row
-  const int64_t image_in = g.in_channels * g.stride_w * phase_row_length(g), image_out = g.out_channels * out_len;
+  const int64_t image_in = g.in_channels * (in_place ? g.in_w : g.stride_w * phase_row_length(g));
+  const int64_t image_out = g.out_channels * out_len;
   const int64_t panel_entries = std::min(entries, kPanelEntries);
   at::parallel_for(0, g.batch * pieces, 1, [&](int64_t w0, int64_t w1) {
     const int64_t align = 64 / sizeof(scalar_t);
@@ -187,13 +199,24 @@ void rows_forward_kernel(const ConvGeometry& g, const scalar_t* phases, const sc
     scalar_t* edge = align_64(panel + panel_entries * nr);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t n = w / pieces, t0 = (w % pieces) * nr, cols = std::min(nr, out_len - t0);
-      const scalar_t* x = phases + n * image_in + t0;
+      const scalar_t* x = src + n * image_in + t0;
       scalar_t* piece_out = out + n * image_out + t0;
       for (int64_t e0 = 0; e0 < entries; e0 += panel_entries) {
         const int64_t kc = std::min(panel_entries, entries - e0);
         for (int64_t e = 0; e < kc; ++e) {
-          if (e0 + e < first) std::fill(panel + e * nr, panel + (e + 1) * nr, scalar_t(1));
-          else std::memcpy(panel + e * nr, x + offsets[e0 + e], nr * sizeof(scalar_t));
+          scalar_t* dst = panel + e * nr;
+          const scalar_t* run = x + offsets[e0 + e];
+          const int64_t at = t0 + shift[e0 + e];  // in place: the run's first element in its row
+          if (e0 + e < first) {
+            std::fill(dst, dst + nr, scalar_t(1));
+          } else if (!in_place || (at >= 0 && at + nr <= g.in_w)) {
+            mk.pack_b(1, nr, run, 0, 1, dst);
+          } else {  // a run past either end of its row: zeros there
+            const int64_t lo = std::clamp<int64_t>(-at, 0, nr), hi = std::clamp<int64_t>(g.in_w - at, lo, nr);
+            std::fill(dst, dst + lo, scalar_t(0));
+            std::copy(run + lo, run + hi, dst + lo);
+            std::fill(dst + hi, dst + nr, scalar_t(0));
+          }
         }
         for (int64_t b = 0; b < blocks; ++b) {
           const bool full = cols == nr && (b + 1) * mr <= g.out_channels;
@@ -250,31 +273,35 @@ int64_t rows_forward_scratch_bytes(const ConvGeometry& g, int64_t element_size) 
 
 }  // namespace
 
-// Where the rows beat the direct kernels on channels-last copies (2 threads, batch 1 and 8, against the
-// blocked kernels of conv_direct.cpp):
-// - forward, up to 16 input channels: the channels-last kernel's sums per output are too short for its
+// Where the rows beat the blocked kernels on channels-last copies (conv_direct.cpp; 2 threads, batch 1 and
+// 8). Those transpose their input and output, and with a horizontal dilation restart their sums at every
+// tap (their kernel rows are no longer contiguous in a pixel row); the rows pay for every entry a packed
+// run (forward, input gradient) or a row pass (weight gradient).
+// - forward, up to 16 input channels: the blocked kernel's sums per output are too short for its
 //   transposes (2 -> 32 channels, 7 taps, 4000 long, batch 8: 0.24 -> 0.17 ms; 8 -> 64: 0.89 -> 0.51 ms;
-//   M5's 1-channel k80/16 front end: 0.83 -> 0.60 ms); with 64 or more channels the rows are as fast or
-//   slower (TCN's 128 channels: 2.4 against 2.3 ms).
-// - input gradient (stride 1), up to 256 entries (output channels x taps): WaveNet's 64-channel k2
-//   dilation 16 at batch 8: 3.2 -> 2.1 ms; undilated 2.5 -> 2.1 ms; with 320 and more entries the
-//   blocked kernel is as fast or faster (text CNN's 256 x 5: 4.5 against 4.6 ms).
-// - weight gradient, dilated or up to 32 entries (input channels x taps): the blocked kernel gathers a
-//   dilated layer's patches one tap at a time and transposes the whole output gradient, which costs more
-//   than few entries per output repay (WaveNet's k2 dilation 16 at batch 8: 3.2 -> 2.3 ms; TCN's k3
-//   dilation 4: 3.2 -> 2.95 ms; wav2vec2's 1-channel k10/5 front end: 2.4 -> 1.75-1.95 ms); M5's 80 and
-//   dense layers' hundreds of entries stay with the blocked kernel (0.6 against 0.85 ms for M5).
+//   M5's 1-channel k80/16 front end: 0.83 -> 0.60 ms); dilated, up to 256 entries (input channels x taps:
+//   WaveNet's 64-channel k2 dilation 16: 2.4 -> 1.9-2.1 ms at batch 8, 0.28 -> 0.22 ms at batch 1). Dense
+//   layers of 64 and more channels are as fast or faster blocked (TCN's 128: 2.6 against 2.6 ms, the text
+//   CNN's 300 x 5: 4.6 against 4.3, wav2vec2's 512-channel k3/2: 78 against 69).
+// - input gradient (stride 1), up to 256 entries (output channels x taps): WaveNet's at batch 8 3.2 ->
+//   2.1 ms, undilated 2.5 -> 2.1 ms, batch 1 0.30 -> 0.22-0.24 ms; from 320 entries blocked (64 -> 32
+//   channels, 5 taps: 1.24 against 1.46 ms).
+// - weight gradient, dilated or up to 32 entries (input channels x taps): the blocked kernel also
+//   transposes the whole output gradient, which few entries per output do not repay (WaveNet's at batch 8:
+//   3.2 -> 2.3 ms; TCN's k3 dilation 4: 3.2 -> 2.95 ms; wav2vec2's 1-channel k10/5 front end: 2.4 ->
+//   1.75-1.95 ms); M5's 80 and dense layers' hundreds of entries stay blocked (M5: 0.6 against 0.85 ms).
 constexpr int64_t kRowsForwardMaxChannels = 16;
-constexpr int64_t kRowsGradInputMaxEntries = 256;
+constexpr int64_t kRowsMaxEntries = 256;
 constexpr int64_t kRowsGradWeightMaxEntries = 32;
 
 bool rows_forward_applies(const ConvGeometry& g) {
-  return g.groups == 1 && rows_geometry(g) && g.in_channels <= kRowsForwardMaxChannels;
+  return g.groups == 1 && rows_geometry(g) &&
+         (g.in_channels <= kRowsForwardMaxChannels || (g.dil_w > 1 && g.in_channels * g.kernel_w <= kRowsMaxEntries));
 }
 
 bool rows_grad_input_applies(const ConvGeometry& g) {
   return g.groups == 1 && g.stride_w == 1 && rows_geometry(g) && rows_geometry(rows_transposed_geometry(g)) &&
-         g.out_channels * g.kernel_w <= kRowsGradInputMaxEntries;
+         g.out_channels * g.kernel_w <= kRowsMaxEntries;
 }
 
 bool rows_grad_weight_applies(const ConvGeometry& g) {
@@ -284,11 +311,9 @@ bool rows_grad_weight_applies(const ConvGeometry& g) {
 int64_t rows_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   int64_t most = 0;
   if (rows_forward_applies(g))
-    most = phase_copy_bytes(g, element_size) + rows_forward_scratch_bytes(g, element_size);
-  if (rows_grad_input_applies(g)) {
-    const ConvGeometry t = rows_transposed_geometry(g);
-    most = std::max(most, phase_copy_bytes(t, element_size) + rows_forward_scratch_bytes(t, element_size));
-  }
+    most = (g.stride_w > 1 ? phase_copy_bytes(g, element_size) : 0) + rows_forward_scratch_bytes(g, element_size);
+  if (rows_grad_input_applies(g))
+    most = std::max(most, rows_forward_scratch_bytes(rows_transposed_geometry(g), element_size));
   if (rows_grad_weight_applies(g))  // the copy, and the sums in run order where it differs from the weight's
     most = std::max(most, phase_copy_bytes(g, element_size) +
                               g.out_channels * g.in_channels_per_group() * g.kernel_w * element_size);
@@ -297,12 +322,12 @@ int64_t rows_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
 
 at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
-  const at::Tensor phases = phase_copy(g, input);
+  const at::Tensor src = g.stride_w == 1 ? input : phase_copy(g, input);
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rows_forward", [&] {
-    rows_forward_kernel<scalar_t>(g, phases.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+    rows_forward_kernel<scalar_t>(g, src.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                   g.in_channels * g.kernel_w, g.kernel_w, /*flip=*/false,
                                   has_bias ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>());
   });
@@ -310,11 +335,10 @@ at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at
 }
 
 at::Tensor rows_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
-  const ConvGeometry t = rows_transposed_geometry(g);
-  const at::Tensor phases = phase_copy(t, grad_output);
+  const ConvGeometry t = rows_transposed_geometry(g);  // stride 1: the output gradient read in place
   at::Tensor grad_input = at::empty(t.output_sizes(), grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rows_grad_input", [&] {
-    rows_forward_kernel<scalar_t>(t, phases.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+    rows_forward_kernel<scalar_t>(t, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                   g.kernel_w, g.in_channels * g.kernel_w, /*flip=*/true, nullptr,
                                   grad_input.mutable_data_ptr<scalar_t>());
   });
