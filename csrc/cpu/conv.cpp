@@ -11,6 +11,22 @@
 namespace fastconv::cpu {
 namespace {
 
+// The sum of n values in double, in kLanes interleaved partial sums added up at the end: a fixed order,
+// and independent additions the compiler vectorises (one running sum was a chain of dependent additions,
+// 0.25 ms of a 9 ms training step of a 128-channel conv1d at batch 8).
+template <typename scalar_t>
+double sum_in_double(const scalar_t* p, int64_t n) {
+  constexpr int kLanes = 8;
+  double lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += static_cast<double>(p[i + j]);
+  double sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += static_cast<double>(p[i]);
+  return sum;
+}
+
 // Per-channel sum of grad_output over batch and space, in a fixed order (deterministic).
 at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
   const int64_t batch = grad_output.size(0), channels = grad_output.size(1);
@@ -22,10 +38,7 @@ at::Tensor conv_grad_bias(const at::Tensor& grad_output) {
     at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         double acc = 0;
-        for (int64_t n = 0; n < batch; ++n) {
-          const scalar_t* p = go + (n * channels + c) * plane;
-          for (int64_t i = 0; i < plane; ++i) acc += p[i];
-        }
+        for (int64_t n = 0; n < batch; ++n) acc += sum_in_double(go + (n * channels + c) * plane, plane);
         gb[c] = static_cast<scalar_t>(acc);
       }
     });
