@@ -46,6 +46,7 @@ CONV2D_CASES = [
     # rows and columns, a plane that is no multiple of the vector width, groups).
     (2, 5, 23, 29, 7, 1, 1, 0, 1, 1, True),
     (2, 6, 24, 24, 4, 1, 1, 0, 1, 2, False),
+    (4, 4, 12, 13, 9, 1, 1, 0, 1, 1, True),         # expanding, 156 pixels: three images per dot product, then one
     # A small output with many weights: fewer tiles than threads need, a block's tiles split between them
     # (each packs the block), a partial last channel block.
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
