@@ -610,21 +610,6 @@ at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_out
   return grad_weight;
 }
 
-// For stride 1 the input gradient is itself a convolution: dY, padded by dil * (k - 1) - pad, with the
-// weights flipped in space and transposed between input and output channels.
-ConvGeometry transposed_geometry(const ConvGeometry& g) {
-  ConvGeometry t = g;
-  t.in_channels = g.out_channels;
-  t.out_channels = g.in_channels;
-  t.in_h = g.out_h;
-  t.in_w = g.out_w;
-  t.out_h = g.in_h;
-  t.out_w = g.in_w;
-  t.pad_h = g.dil_h * (g.kernel_h - 1) - g.pad_h;
-  t.pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
-  return t;
-}
-
 at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
   TransposedTaps flipped{std::vector<int64_t>(g.kernel_h * g.kernel_w), g.kernel_h * g.kernel_w};
   for (int64_t t = 0; t < flipped.layer_taps; ++t) flipped.layer_tap[t] = flipped.layer_taps - 1 - t;  // flipped in both dims

@@ -24,6 +24,21 @@ bool direct_uses_blocked_kernel(const ConvGeometry& g, int64_t element_size);
 bool direct_forward_is_blocked(const ConvGeometry& g, int64_t element_size);
 int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size);
 bool direct_grad_input_is_blocked(const ConvGeometry& g, int64_t element_size);
+// For stride 1 the input gradient is itself a convolution: dY, padded by dil * (k - 1) - pad, with the
+// weights flipped in space and transposed between input and output channels.
+inline ConvGeometry transposed_geometry(const ConvGeometry& g) {
+  ConvGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_h = g.dil_h * (g.kernel_h - 1) - g.pad_h;
+  t.pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
+  return t;
+}
+
 // One-dimensional layers computed along their rows (conv_rows.cpp), which the direct algorithm takes
 // where the *_applies tests pass; rows_workspace_bytes: the phase copy it makes, and the packed weights.
 bool rows_forward_applies(const ConvGeometry& g);

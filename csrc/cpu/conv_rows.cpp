@@ -251,16 +251,6 @@ bool rows_geometry(const ConvGeometry& g) {
          g.stride_w <= (g.kernel_w - 1) * g.dil_w + 1 && double(g.pad_w) <= 2.0 * double(g.in_w) + 32768.0;
 }
 
-ConvGeometry rows_transposed_geometry(const ConvGeometry& g) {
-  ConvGeometry t = g;
-  t.in_channels = g.out_channels;
-  t.out_channels = g.in_channels;
-  t.in_w = g.out_w;
-  t.out_w = g.in_w;
-  t.pad_w = g.dil_w * (g.kernel_w - 1) - g.pad_w;
-  return t;
-}
-
 int64_t phase_copy_bytes(const ConvGeometry& g, int64_t element_size) { return phase_copy_elements(g) * element_size; }
 
 // The packed weights and, per thread, the panel and the partial tiles of rows_forward_kernel.
@@ -300,7 +290,7 @@ bool rows_forward_applies(const ConvGeometry& g) {
 }
 
 bool rows_grad_input_applies(const ConvGeometry& g) {
-  return g.groups == 1 && g.stride_w == 1 && rows_geometry(g) && rows_geometry(rows_transposed_geometry(g)) &&
+  return g.groups == 1 && g.stride_w == 1 && rows_geometry(g) && rows_geometry(transposed_geometry(g)) &&
          g.out_channels * g.kernel_w <= kRowsMaxEntries;
 }
 
@@ -313,7 +303,7 @@ int64_t rows_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   if (rows_forward_applies(g))
     most = (g.stride_w > 1 ? phase_copy_bytes(g, element_size) : 0) + rows_forward_scratch_bytes(g, element_size);
   if (rows_grad_input_applies(g))
-    most = std::max(most, rows_forward_scratch_bytes(rows_transposed_geometry(g), element_size));
+    most = std::max(most, rows_forward_scratch_bytes(transposed_geometry(g), element_size));
   if (rows_grad_weight_applies(g))  // the copy, and the sums in run order where it differs from the weight's
     most = std::max(most, phase_copy_bytes(g, element_size) +
                               g.out_channels * g.in_channels_per_group() * g.kernel_w * element_size);
@@ -335,7 +325,7 @@ at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at
 }
 
 at::Tensor rows_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
-  const ConvGeometry t = rows_transposed_geometry(g);  // stride 1: the output gradient read in place
+  const ConvGeometry t = transposed_geometry(g);  // stride 1: the output gradient read in place
   at::Tensor grad_input = at::empty(t.output_sizes(), grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rows_grad_input", [&] {
     rows_forward_kernel<scalar_t>(t, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
