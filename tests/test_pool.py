@@ -170,6 +170,27 @@ def test_avg_pool_matches_torch(dims, dtype):
     assert checked > 100
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (5, 1, 2), (2, 1, 0), (2, 2, 0), (2, 2, 1), (3, 3, 1),
+                                                   (3, 2, 1)])
+def test_avg_pool_backward_on_long_rows(kernel, stride, padding, dtype):
+    # Rows long enough for the vectorised input-gradient paths (stride 1, and stride = kernel = 2: 16 and
+    # more columns of whole windows, a last vector that overlaps the one before), in 1-D and 2-D, with
+    # ceil mode; every element's sum in torch's order, so the gradients are identical.
+    for length in (37, 70):
+        x = torch.randn(2, 3, length, dtype=dtype, requires_grad=True)
+        x2 = torch.randn(2, 3, 5, length, dtype=dtype, requires_grad=True)
+        for ceil, include_pad in ((False, True), (True, False)):
+            kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil,
+                          count_include_pad=include_pad)
+            kwargs2 = dict(kwargs, kernel_size=(2, kernel), stride=(1, stride), padding=(1, padding))
+            for t, ours, theirs, kw in ((x, FC.avg_pool1d, F.avg_pool1d, kwargs), (x2, FC.avg_pool2d, F.avg_pool2d, kwargs2)):
+                out, ref = ours(t, **kw), theirs(t, **kw)
+                torch.testing.assert_close(out, ref, **TOL[dtype])
+                grad_out = torch.randn_like(ref)
+                torch.testing.assert_close(_grads(out, t, grad_out), _grads(ref, t, grad_out), rtol=0, atol=0)
+
+
 ADAPTIVE_2D = [
     ((5, 7), (3, 4)),
     ((8, 8), 1),
