@@ -166,14 +166,17 @@ void rows_forward_kernel(const ConvGeometry& g, const scalar_t* src, const scala
   // whose row ends the packing handles (zeros outside the row: shift is where the run starts in it, for
   // the first output); at larger strides in the phase copy (src), padded, so every run lies inside.
   const bool in_place = g.stride_w == 1;
-  std::vector<int64_t> offsets = entry_offsets(g), shift(entries, 0);
-  if (in_place)
+  std::vector<int64_t> offsets(entries, 0), shift(entries, 0);  // entry 0 of a bias: never read
+  if (in_place) {
     for (int64_t c = 0; c < g.in_channels; ++c)
       for (int64_t k = 0; k < taps; ++k) {
         shift[first + c * taps + k] = k * g.dil_w - g.pad_w;
-        offsets[c * taps + k] = c * g.in_w + k * g.dil_w - g.pad_w;
+        offsets[first + c * taps + k] = c * g.in_w + k * g.dil_w - g.pad_w;
       }
-  if (bias) offsets.insert(offsets.begin(), 0);  // never read: the panel's ones row
+  } else {
+    const std::vector<int64_t> phase_offsets = entry_offsets(g);
+    std::copy(phase_offsets.begin(), phase_offsets.end(), offsets.begin() + first);
+  }
   // Weights packed by block of mr output channels, mr values per entry (zeros past the last channel).
   std::vector<scalar_t> packed(blocks * entries * mr, scalar_t(0));
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
