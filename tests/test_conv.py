@@ -450,6 +450,14 @@ for dtype in (torch.float32, torch.float64):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0],
                                rtol=1e-4, atol=1e-4)
+    # Depthwise on small planes: channel blocks, the last one partial, stride 1 and 2.
+    for stride in (1, 2):
+        x = torch.randn(2, 20, 14, 13, dtype=dtype, requires_grad=True)
+        w = torch.randn(20, 1, 3, 3, dtype=dtype, requires_grad=True)
+        out, ref = FC.conv2d(x, w, None, stride, 1, 1, 20, algo="direct"), F.conv2d(x, w, None, stride, 1, 1, 20)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 print(fastconv.build_info()["cpu_isa"])
 """
     env = dict(os.environ, FASTCONV_CPU_ISA=isa)
@@ -531,3 +539,43 @@ def test_direct_forward_of_a_large_aligned_output():
         x, w = torch.randn(x_shape), torch.randn(w_shape)
         torch.testing.assert_close(FC.conv2d(x, w, None, stride, padding, algo="direct"),
                                    F.conv2d(x, w, None, stride, padding), **TOL[torch.float32])
+
+
+# (N, C, H, W, kernel, stride, padding, dilation): depthwise layers on small planes, which run in channel
+# blocks (a vector of channels per pixel), with a partial last block (20 or 33 channels), strides, dilation,
+# a padding past the kernel's reach (the input gradient then takes the plane kernels) and a 1-row plane.
+DEPTHWISE_BLOCK_CASES = [
+    (3, 20, 14, 14, 3, 1, 1, 1),
+    (2, 40, 15, 13, 3, 2, 1, 1),
+    (2, 33, 9, 9, 5, 1, 4, 2),
+    (2, 32, 7, 7, 3, 1, 3, 1),
+    (2, 48, 6, 6, 3, 3, 0, 1),
+    (2, 24, 1, 50, (1, 7), (1, 2), (0, 3), 1),
+    (1, 16, 10, 10, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_BLOCK_CASES)
+def test_depthwise_channel_blocks(case, dtype):
+    n, c, h, w_, k, s, p, d = case
+    kh, kw = _pair(k)
+    x, w, b = _make((n, c, h, w_), (c, 1, kh, kw), c, True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, d, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, s, p, d, c), (x, w, b), TOL[dtype])
+
+
+def test_depthwise_channel_blocks_threads_agree_bitwise():
+    # Each channel block's weight gradient is one thread's sum over the images in order.
+    x, w, b = _make((4, 64, 12, 12), (64, 1, 3, 3), 64, True, torch.float32)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = FC.conv2d(x, w, b, 1, 1, 1, 64, algo="direct")
+            results.append((out, *torch.autograd.grad(out, (x, w, b), torch.ones_like(out))))
+    finally:
+        torch.set_num_threads(previous)
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
