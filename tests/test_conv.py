@@ -543,13 +543,17 @@ def test_direct_forward_of_a_large_aligned_output():
 
 # (N, C, H, W, kernel, stride, padding, dilation): depthwise layers, which run in channel blocks (a vector
 # of channels per pixel), with a partial last block (20, 33 or 17 channels), strides, dilation, a padding
-# past the kernel's reach (the input gradient then takes the plane kernels), a 1-row plane, and planes of
-# several strips of rows (each strip's rows rebuilt: padding rows and the upsampled gaps zeroed again).
+# past the kernel's reach (at stride 1 the input gradient then takes the plane kernels), a 1-row plane, and
+# planes of several strips of rows (each strip's rows rebuilt, the padding rows zeroed again).
 DEPTHWISE_BLOCK_CASES = [
     (3, 20, 14, 14, 3, 1, 1, 1),
     (2, 20, 100, 90, 3, 1, 1, 1),
     (1, 17, 101, 70, 5, 3, 2, 2),
     (2, 24, 150, 40, (7, 3), (2, 1), (3, 1), 1),
+    # Strided input gradients by phases: a stride past the kernel (phases without taps), a padding past
+    # the kernel's reach.
+    (2, 20, 9, 11, 2, 3, 0, 1),
+    (2, 20, 10, 10, 3, 2, 3, 1),
     (2, 40, 15, 13, 3, 2, 1, 1),
     (2, 33, 9, 9, 5, 1, 4, 2),
     (2, 32, 7, 7, 3, 1, 3, 1),
