@@ -956,7 +956,7 @@ void depthwise_block_taps(const scalar_t* w, int64_t c0, int64_t lanes, int64_t 
 }
 
 // out (N, C, dest_h, dest_w) = the correlation of src's planes (N, C, src_h, src_w), placed by `p`, with
-// the taps, starting from the bias where given; work items are (image, block).
+// the taps, starting from the bias where given; work items are (image, block, strip).
 template <typename scalar_t>
 void depthwise_blocks_correlate(const ConvGeometry& g, const DepthwisePlacement& p, const scalar_t* src,
                                 const scalar_t* w, const scalar_t* bias, scalar_t* out) {
@@ -965,7 +965,8 @@ void depthwise_blocks_correlate(const ConvGeometry& g, const DepthwisePlacement&
   const int64_t channels = g.in_channels, blocks = (channels + L - 1) / L, taps = g.kernel_h * g.kernel_w;
   const int64_t src_plane = p.src_h * p.src_w, out_plane = p.dest_h * p.dest_w;
   const int64_t phases = int64_t(p.phase_first.size()) - 1, grid_pixels = p.bases.size();
-  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t u0, int64_t u1) {
+  const int64_t strips = (p.out_h + p.strip_out_rows - 1) / p.strip_out_rows;
+  at::parallel_for(0, g.batch * blocks * strips, 1, [&](int64_t u0, int64_t u1) {
     std::vector<scalar_t> scratch(depthwise_scratch_elements(p, taps, L));
     scalar_t* strip = align_64(scratch.data());
     scalar_t* pixels = strip + depthwise_strip_elements(p, L);
@@ -973,28 +974,27 @@ void depthwise_blocks_correlate(const ConvGeometry& g, const DepthwisePlacement&
     scalar_t* start = taps_w + taps * L;
     int64_t block_w = -1;
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / blocks, b = u % blocks, c0 = b * L, lanes = std::min(L, channels - c0);
+      const int64_t n = u / (blocks * strips), b = u / strips % blocks, c0 = b * L, lanes = std::min(L, channels - c0);
+      const int64_t o0 = u % strips * p.strip_out_rows;
       if (b != block_w) {
         depthwise_block_taps(w, c0, lanes, taps, p.tap_of, taps_w);
         std::fill(start, start + L, scalar_t(0));
         if (bias) std::copy(bias + c0, bias + c0 + lanes, start);
         block_w = b;
       }
-      for (int64_t o0 = 0; o0 < p.out_h; o0 += p.strip_out_rows) {
-        const int64_t count = std::min(p.strip_out_rows, p.out_h - o0) * p.out_w;
-        depthwise_fill_strip(p, mk, src + (n * channels + c0) * src_plane, src_plane, lanes, o0, strip);
-        for (int64_t f = 0; f < phases; ++f) {
-          const int64_t first = p.phase_first[f];
-          FASTCONV_CALL_PLANES(depthwise_block_correlate<scalar_t>(
-              strip, p.bases.data(), count, taps_w + first * L, p.offsets.data() + first, p.phase_first[f + 1] - first,
-              bias ? start : nullptr, pixels, p.out_pos.empty() ? nullptr : p.out_pos.data() + f * grid_pixels));
-        }
-        // The strip's rows of the output, written through the caches: streaming stores measured slower here
-        // (MobileNetV2's 32-channel 112x112 layer at batch 8: 1.03 -> 1.18 ms).
-        const int64_t d0 = o0 * p.dest_rows_per_row, d1 = std::min(p.dest_h, (o0 + p.strip_out_rows) * p.dest_rows_per_row);
-        mk.transpose((d1 - d0) * p.dest_w, lanes, pixels, L, out + (n * channels + c0) * out_plane + d0 * p.dest_w,
-                     out_plane, nullptr);
+      const int64_t count = std::min(p.strip_out_rows, p.out_h - o0) * p.out_w;
+      depthwise_fill_strip(p, mk, src + (n * channels + c0) * src_plane, src_plane, lanes, o0, strip);
+      for (int64_t f = 0; f < phases; ++f) {
+        const int64_t first = p.phase_first[f];
+        FASTCONV_CALL_PLANES(depthwise_block_correlate<scalar_t>(
+            strip, p.bases.data(), count, taps_w + first * L, p.offsets.data() + first, p.phase_first[f + 1] - first,
+            bias ? start : nullptr, pixels, p.out_pos.empty() ? nullptr : p.out_pos.data() + f * grid_pixels));
       }
+      // The strip's rows of the output, written through the caches: streaming stores measured slower here
+      // (MobileNetV2's 32-channel 112x112 layer at batch 8: 1.03 -> 1.18 ms).
+      const int64_t d0 = o0 * p.dest_rows_per_row, d1 = std::min(p.dest_h, (o0 + p.strip_out_rows) * p.dest_rows_per_row);
+      mk.transpose((d1 - d0) * p.dest_w, lanes, pixels, L, out + (n * channels + c0) * out_plane + d0 * p.dest_w,
+                   out_plane, nullptr);
     }
   });
 }
