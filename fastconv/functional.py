@@ -174,6 +174,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 def _pool_int(value, name, op):
     """One integer; like torch, floats, strings, None and bools are a TypeError."""
+    if type(value) is int:  # the common case first: a plain int (a bool's type is bool)
+        return value
     if not isinstance(value, bool):
         try:
             return operator.index(value)
@@ -192,6 +194,8 @@ def _seq_int(index, value, name, op):
 
 def _pool_ints(value, name, op):
     """An int or a sequence of ints, as a list (lengths are checked later, as torch does)."""
+    if type(value) is int:
+        return [value]
     if isinstance(value, (tuple, list, torch.Size)):
         return [_seq_int(i, v, name, op) for i, v in enumerate(value)]
     return [_pool_int(value, name, op)]
@@ -200,7 +204,7 @@ def _pool_ints(value, name, op):
 def _check_int32(op, **params):
     """torch's pooling ops take 32-bit ints (but see _max_pool): larger values are a RuntimeError."""
     for name, values in params.items():
-        if any(not -(2**31) <= v < 2**31 for v in values):
+        if values and not (-(2**31) <= min(values) and max(values) < 2**31):
             raise RuntimeError(f"{op}(): {name}={tuple(values)} does not fit in a 32-bit int, as torch's pooling requires")
 
 
