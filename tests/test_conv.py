@@ -550,10 +550,11 @@ DEPTHWISE_BLOCK_CASES = [
     (2, 20, 100, 90, 3, 1, 1, 1),
     (1, 17, 101, 70, 5, 3, 2, 2),
     (2, 24, 150, 40, (7, 3), (2, 1), (3, 1), 1),
-    # Strided input gradients by phases: a stride past the kernel (phases without taps), a padding past
-    # the kernel's reach.
+    # Strided input gradients by phases (a padding past the kernel's reach; a stride past the kernel keeps
+    # the plane kernels).
     (2, 20, 9, 11, 2, 3, 0, 1),
     (2, 20, 10, 10, 3, 2, 3, 1),
+    (2, 20, 11, 9, (3, 2), 2, (1, 0), (1, 2)),
     (2, 40, 15, 13, 3, 2, 1, 1),
     (2, 33, 9, 9, 5, 1, 4, 2),
     (2, 32, 7, 7, 3, 1, 3, 1),

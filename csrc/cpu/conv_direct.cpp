@@ -762,10 +762,12 @@ bool depthwise_blocks_apply(const ConvGeometry& g) {
 }
 
 // At stride 1 the input gradient reads the output gradient inside a border of dil * (k - 1) - pad pixels,
-// which must not be negative (a padding past the kernel's reach); strided ones go by phases.
+// which must not be negative (a padding past the kernel's reach); strided ones go by phases, of which
+// there are stride_h x stride_w: a stride past the kernel (phases without taps) keeps the plane kernels.
 bool depthwise_blocks_grad_input_apply(const ConvGeometry& g) {
-  return depthwise_blocks_apply(g) && ((g.stride_h > 1 || g.stride_w > 1) ||
-                                       (g.pad_h <= g.dil_h * (g.kernel_h - 1) && g.pad_w <= g.dil_w * (g.kernel_w - 1)));
+  if (!depthwise_blocks_apply(g)) return false;
+  if (g.stride_h > 1 || g.stride_w > 1) return g.stride_h <= g.kernel_h && g.stride_w <= g.kernel_w;
+  return g.pad_h <= g.dil_h * (g.kernel_h - 1) && g.pad_w <= g.dil_w * (g.kernel_w - 1);
 }
 
 // The weight gradient of a block is one thread's sum over the images: it runs in blocks where there are
