@@ -366,25 +366,14 @@ void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const
   });
 }
 
-// Global average (a 1 x 1 adaptive output, ResNet's last pooling): one mean per contiguous plane. Sixteen
-// running sums in a fixed order vectorise without reassociating, so the result does not depend on the
-// thread count.
+// Global average (a 1 x 1 adaptive output, ResNet's last pooling): one mean per contiguous plane, a vector's
+// lanes of planes summed together (global_mean_planes): ResNet-18's 512 x 7 x 7 at batch 8, 19.5 -> 14 us
+// a call (torch 17 us).
 template <typename scalar_t>
 void global_avg_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
-  constexpr int64_t kLanes = 16;
   const int64_t size = g.in_plane();
   at::parallel_for(0, g.planes, grain_for(size), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const scalar_t* plane = in + p * size;
-      scalar_t lanes[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= size; i += kLanes)
-        for (int64_t l = 0; l < kLanes; ++l) lanes[l] += plane[i + l];
-      for (int64_t l = 0; i < size; ++i, ++l) lanes[l] += plane[i];
-      scalar_t sum = 0;
-      for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
-      out[p] = sum / static_cast<scalar_t>(size);
-    }
+    FASTCONV_POOL_RUN(global_mean_planes<scalar_t>, in, size, p0, p1, out);
   });
 }
 
