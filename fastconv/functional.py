@@ -194,8 +194,6 @@ def _seq_int(index, value, name, op):
 
 def _pool_ints(value, name, op):
     """An int or a sequence of ints, as a list (lengths are checked later, as torch does)."""
-    if type(value) is int:
-        return [value]
     if isinstance(value, (tuple, list, torch.Size)):
         return [_seq_int(i, v, name, op) for i, v in enumerate(value)]
     return [_pool_int(value, name, op)]

@@ -162,12 +162,314 @@ void for_plane_ranges(int64_t planes, int64_t plane, int64_t scratch_elements, c
   });
 }
 
-// The plane kernels start each output plane from its channel's bias (null: none), so the bias costs no
-// pass of its own (after streamed output planes that pass came back from memory: MobileNetV2's 144-channel
-// depthwise layer at batch 8 with a bias 2.2 -> 1.4 ms).
+// ---- Depthwise layers in channel blocks (conv_depthwise.inc) ---------------------------------------------
+
+// A block's channels-last planes are built and used a strip of output rows at a time, the strip's padded
+// rows about kDepthwiseStripBytes (64 bytes a pixel): with the strip's outputs they stay in the core's L2.
+// Whole 112x112 planes (830 kB each for the padded input and the output) were slower than the plane
+// kernels at batch 1 (32 channels: 0.15 -> 0.24 ms).
+constexpr int64_t kDepthwiseStripBytes = 128 << 10;
+
+// Whether a depthwise layer (one input and one output channel per group) runs in channel blocks: a
+// padding in proportion with the plane (the padded rows are materialised).
+bool depthwise_blocks_apply(const ConvGeometry& g) {
+  return g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1 &&
+         padded_plane_in_proportion(g, 64.0);
+}
+
+// At stride 1 the input gradient reads the output gradient inside a border of dil * (k - 1) - pad pixels,
+// which must not be negative (a padding past the kernel's reach); strided ones go by phases, of which
+// there are stride_h x stride_w: a stride past the kernel (phases without taps) keeps the plane kernels.
+bool depthwise_blocks_grad_input_apply(const ConvGeometry& g) {
+  if (!depthwise_blocks_apply(g)) return false;
+  if (g.stride_h > 1 || g.stride_w > 1) return g.stride_h <= g.kernel_h && g.stride_w <= g.kernel_w;
+  return g.pad_h <= g.dil_h * (g.kernel_h - 1) && g.pad_w <= g.dil_w * (g.kernel_w - 1);
+}
+
+// The weight gradient of a block is one thread's sum over the images: it runs in blocks where there are
+// as many blocks as threads.
+bool depthwise_blocks_grad_weight_apply(const ConvGeometry& g, int64_t element_size) {
+  const int64_t lanes = 64 / element_size;
+  return depthwise_blocks_apply(g) && (g.in_channels + lanes - 1) / lanes >= at::get_num_threads();
+}
+
+constexpr int64_t kDepthwiseRun = planes_baseline::kDepthwiseRun;
+
+// Where a block's source planes (src_h x src_w) land in its channels-last planes, and how a grid of out_h x
+// out_w computed pixels reads them. Source pixel (r, s) goes to padded pixel (r * step_h + top,
+// s * step_w + left) of rows `cols` pixels long (the forward and the weight gradient: the input inside its
+// padding; the input gradient: the output gradient inside a border); grid pixel (oh, ow) reads from padded
+// pixel (oh * stride_h, ow * stride_w) on. Strips of strip_out_rows grid rows read strip_rows padded rows
+// each. In elements: dst_cols[j], where pixel j of a strip's first source rows goes relative to the first
+// one's padded row; bases[q], where grid pixel q of a strip reads from (up to a whole number of
+// kDepthwiseRun pixels, the last repeated).
+//
+// The taps go in phases: phase f computes every grid pixel with the weight taps tap_of[i] (i from
+// phase_first[f] to phase_first[f + 1]), tap i reading offsets[i] pixels further, and writes grid pixel q
+// to out_pos[f * bases.size() + q] of the strip's output (or to q where out_pos is empty). The output
+// is dest_h x dest_w, each grid row dest_rows_per_row rows of it. The forward and the stride-1 input
+// gradient are one phase of every tap; a strided input gradient has one phase per stride phase of its
+// pixels.
+struct DepthwisePlacement {
+  int64_t src_h, src_w, step_h, step_w, top, left, cols;
+  int64_t out_h, out_w, stride_h, stride_w;
+  int64_t dest_h, dest_w, dest_rows_per_row;
+  int64_t strip_out_rows = 0, strip_rows = 0;
+  std::vector<int64_t> dst_cols, bases, tap_of, phase_first, offsets, out_pos;
+};
+
+// Fills the strips and the grid's bases; reach_h: the most padded rows a tap reads past a grid pixel's.
+void depthwise_place_strips(DepthwisePlacement& p, int64_t reach_h, int64_t lanes) {
+  p.strip_out_rows = std::clamp<int64_t>(kDepthwiseStripBytes / std::max<int64_t>(1, p.cols * 64 * p.stride_h), 1,
+                                         p.out_h);
+  p.strip_rows = (p.strip_out_rows - 1) * p.stride_h + reach_h + 1;
+  const int64_t src_rows = std::min(p.src_h, p.strip_rows / p.step_h + 1);
+  p.dst_cols.resize(src_rows * p.src_w);
+  for (int64_t r = 0; r < src_rows; ++r)
+    for (int64_t s = 0; s < p.src_w; ++s)
+      p.dst_cols[r * p.src_w + s] = (r * p.step_h * p.cols + s * p.step_w + p.left) * lanes;
+  const int64_t strip_pixels = p.strip_out_rows * p.out_w;
+  p.bases.resize((strip_pixels + kDepthwiseRun - 1) / kDepthwiseRun * kDepthwiseRun);
+  for (int64_t q = 0; q < int64_t(p.bases.size()); ++q) {
+    const int64_t x = std::min(q, strip_pixels - 1);
+    p.bases[q] = (x / p.out_w) * p.stride_h * p.cols + (x % p.out_w) * p.stride_w;
+  }
+}
+
+// Pixels of a strip's output buffer: its grid pixels (rounded up) or, by phases, its rows of the output
+// and one more pixel where the grid's columns past the output go.
+int64_t depthwise_strip_output_pixels(const DepthwisePlacement& p) {
+  return std::max<int64_t>(p.bases.size(), p.strip_out_rows * p.dest_rows_per_row * p.dest_w + 1);
+}
+
+// One phase of every tap over an out_h x out_w grid that is the output (flipped: the taps reversed).
+DepthwisePlacement depthwise_placement(const ConvGeometry& g, int64_t src_h, int64_t src_w, int64_t step_h,
+                                       int64_t step_w, int64_t top, int64_t left, int64_t cols, int64_t out_h,
+                                       int64_t out_w, int64_t stride_h, int64_t stride_w, bool flipped,
+                                       int64_t lanes) {
+  DepthwisePlacement p{src_h, src_w, step_h, step_w, top, left, cols, out_h, out_w, stride_h, stride_w, out_h, out_w, 1};
+  depthwise_place_strips(p, g.dil_h * (g.kernel_h - 1), lanes);
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  p.phase_first = {0, taps};
+  for (int64_t t = 0; t < taps; ++t) {
+    p.tap_of.push_back(flipped ? taps - 1 - t : t);
+    p.offsets.push_back((t / g.kernel_w) * g.dil_h * cols + (t % g.kernel_w) * g.dil_w);
+  }
+  return p;
+}
+
+// Elements of a strip's padded rows.
+int64_t depthwise_strip_elements(const DepthwisePlacement& p, int64_t lanes) { return p.strip_rows * p.cols * lanes; }
+
+// The padded rows of the strip of output rows from o0 on (at most strip_out_rows of them), for the block
+// whose first channel's source plane is at src (planes plane_stride apart, `lanes` channels): the source
+// rows that land there, transposed into place, and zeros in the rows none lands on (the padding and the
+// upsampling's gaps; the gaps within rows stay zero from the start, no source pixel landing there).
+template <typename scalar_t>
+void depthwise_fill_strip(const DepthwisePlacement& p, const MicroKernels<scalar_t>& mk, const scalar_t* src,
+                          int64_t plane_stride, int64_t lanes, int64_t o0, scalar_t* strip) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t first_row = o0 * p.stride_h;  // the strip's first padded row
+  // Source rows r with first_row <= r * step_h + top < first_row + strip_rows.
+  const int64_t lo = first_row - p.top, hi = first_row + p.strip_rows - 1 - p.top;
+  const int64_t r0 = lo <= 0 ? 0 : (lo + p.step_h - 1) / p.step_h;
+  const int64_t r1 = hi < 0 ? 0 : std::min(p.src_h, hi / p.step_h + 1);
+  for (int64_t row = 0; row < p.strip_rows; ++row) {
+    const int64_t at = first_row + row - p.top;
+    const bool lands = at >= 0 && at % p.step_h == 0 && at / p.step_h >= r0 && at / p.step_h < r1;
+    if (!lands) std::fill(strip + row * p.cols * L, strip + (row + 1) * p.cols * L, scalar_t(0));
+  }
+  if (r0 < r1)
+    mk.transpose(lanes, (r1 - r0) * p.src_w, src + r0 * p.src_w, plane_stride,
+                 strip + (r0 * p.step_h + p.top - first_row) * p.cols * L, 0, p.dst_cols.data());
+}
+
+// Elements of one thread's scratch: a strip's padded rows, its output (or output-gradient) pixels, the
+// taps' weights or sums and the start values, and 64 bytes for alignment.
+int64_t depthwise_scratch_elements(const DepthwisePlacement& p, int64_t taps, int64_t lanes) {
+  return depthwise_strip_elements(p, lanes) + (depthwise_strip_output_pixels(p) + taps + 2) * lanes;
+}
+
+DepthwisePlacement depthwise_forward_placement(const ConvGeometry& g, int64_t lanes) {
+  return depthwise_placement(g, g.in_h, g.in_w, 1, 1, g.pad_h, g.pad_w, g.in_w + 2 * g.pad_w, g.out_h, g.out_w,
+                             g.stride_h, g.stride_w, /*flipped=*/false, lanes);
+}
+
+// a / b rounded down, for b > 0 and any a.
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// The input gradient of a strided layer by phases: input pixel (a + s_h i, b + s_w j) receives
+// w[ki][kj] * dY[i + (a + pad_h - ki dil_h) / s_h][j + (b + pad_w - kj dil_w) / s_w] from exactly the taps
+// whose divisions are exact, so phase (a, b) is a stride-1 correlation of the output gradient (inside a
+// border that keeps every shift in the planes) with those taps, over a grid of ceil(in_h / s_h) x
+// ceil(in_w / s_w) pixels whose results go to every s-th pixel (the grid's columns past the input to a
+// spare pixel). Upsampling the output gradient instead multiplied s_h s_w times as many zeros.
+DepthwisePlacement depthwise_phased_grad_input_placement(const ConvGeometry& g, int64_t lanes) {
+  const int64_t sh = g.stride_h, sw = g.stride_w;
+  const int64_t grid_h = (g.in_h + sh - 1) / sh, grid_w = (g.in_w + sw - 1) / sw;
+  // The shift of tap ki (kj) for row (column) phase a (b), where exact: the tap's dY row minus the grid row.
+  const auto shift = [](int64_t phase, int64_t pad, int64_t k, int64_t dil, int64_t stride, int64_t* out) {
+    const int64_t x = phase + pad - k * dil;
+    if (x - floor_div(x, stride) * stride != 0) return false;
+    *out = floor_div(x, stride);
+    return true;
+  };
+  int64_t lo_h = 0, hi_h = 0, lo_w = 0, hi_w = 0, v = 0;
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t k = 0; k < g.kernel_h; ++k)
+      if (shift(a, g.pad_h, k, g.dil_h, sh, &v)) lo_h = std::min(lo_h, v), hi_h = std::max(hi_h, v);
+  for (int64_t b = 0; b < sw; ++b)
+    for (int64_t k = 0; k < g.kernel_w; ++k)
+      if (shift(b, g.pad_w, k, g.dil_w, sw, &v)) lo_w = std::min(lo_w, v), hi_w = std::max(hi_w, v);
+  const int64_t top = -lo_h, left = -lo_w;
+  const int64_t cols = std::max(left + g.out_w, grid_w + left + hi_w);
+  DepthwisePlacement p{g.out_h, g.out_w, 1, 1, top, left, cols, grid_h, grid_w, 1, 1, g.in_h, g.in_w, sh};
+  depthwise_place_strips(p, top + hi_h, lanes);
+  const int64_t grid_pixels = p.bases.size(), spare = p.strip_out_rows * sh * g.in_w;
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t b = 0; b < sw; ++b) {
+      p.phase_first.push_back(p.tap_of.size());
+      int64_t dr = 0, dc = 0;
+      for (int64_t ki = 0; ki < g.kernel_h; ++ki)
+        for (int64_t kj = 0; kj < g.kernel_w; ++kj)
+          if (shift(a, g.pad_h, ki, g.dil_h, sh, &dr) && shift(b, g.pad_w, kj, g.dil_w, sw, &dc)) {
+            p.tap_of.push_back(ki * g.kernel_w + kj);
+            p.offsets.push_back((top + dr) * cols + left + dc);
+          }
+      for (int64_t q = 0; q < grid_pixels; ++q) {
+        const int64_t x = std::min(q, p.strip_out_rows * grid_w - 1), col = b + sw * (x % grid_w);
+        p.out_pos.push_back(col < g.in_w ? (a + sh * (x / grid_w)) * g.in_w + col : spare);
+      }
+    }
+  p.phase_first.push_back(p.tap_of.size());
+  return p;
+}
+
+// The input gradient at stride 1: the output gradient inside a border of dil * (k - 1) - pad pixels,
+// correlated with the flipped taps.
+DepthwisePlacement depthwise_grad_input_placement(const ConvGeometry& g, int64_t lanes) {
+  if (g.stride_h > 1 || g.stride_w > 1) return depthwise_phased_grad_input_placement(g, lanes);
+  const int64_t top = g.dil_h * (g.kernel_h - 1) - g.pad_h, left = g.dil_w * (g.kernel_w - 1) - g.pad_w;
+  return depthwise_placement(g, g.out_h, g.out_w, 1, 1, top, left, g.in_w + g.dil_w * (g.kernel_w - 1), g.in_h,
+                             g.in_w, 1, 1, /*flipped=*/true, lanes);
+}
+
+int64_t depthwise_blocks_scratch_elements(const ConvGeometry& g, int64_t element_size) {
+  const int64_t lanes = 64 / element_size, taps = g.kernel_h * g.kernel_w;
+  int64_t most = depthwise_scratch_elements(depthwise_forward_placement(g, lanes), taps, lanes);
+  if (depthwise_blocks_grad_input_apply(g))
+    most = std::max(most, depthwise_scratch_elements(depthwise_grad_input_placement(g, lanes), taps, lanes));
+  return most;
+}
+
+// The block's weights, one vector for each computed tap i (weight tap tap_of[i]), zero past the last
+// channel.
+template <typename scalar_t>
+void depthwise_block_taps(const scalar_t* w, int64_t c0, int64_t lanes, int64_t taps, const std::vector<int64_t>& tap_of,
+                          scalar_t* taps_w) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  std::fill(taps_w, taps_w + int64_t(tap_of.size()) * L, scalar_t(0));
+  for (int64_t c = 0; c < lanes; ++c)
+    for (int64_t i = 0; i < int64_t(tap_of.size()); ++i) taps_w[i * L + c] = w[(c0 + c) * taps + tap_of[i]];
+}
+
+// out (N, C, dest_h, dest_w) = the correlation of src's planes (N, C, src_h, src_w), placed by `p`, with
+// the taps, starting from the bias where given; work items are (image, block, strip).
+template <typename scalar_t>
+void depthwise_blocks_correlate(const ConvGeometry& g, const DepthwisePlacement& p, const scalar_t* src,
+                                const scalar_t* w, const scalar_t* bias, scalar_t* out) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const int64_t channels = g.in_channels, blocks = (channels + L - 1) / L, taps = g.kernel_h * g.kernel_w;
+  const int64_t src_plane = p.src_h * p.src_w, out_plane = p.dest_h * p.dest_w;
+  const int64_t phases = int64_t(p.phase_first.size()) - 1, grid_pixels = p.bases.size();
+  const int64_t strips = (p.out_h + p.strip_out_rows - 1) / p.strip_out_rows;
+  at::parallel_for(0, g.batch * blocks * strips, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<scalar_t> scratch(depthwise_scratch_elements(p, taps, L));
+    scalar_t* strip = align_64(scratch.data());
+    scalar_t* pixels = strip + depthwise_strip_elements(p, L);
+    scalar_t* taps_w = pixels + depthwise_strip_output_pixels(p) * L;
+    scalar_t* start = taps_w + taps * L;
+    int64_t block_w = -1;
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = u / (blocks * strips), b = u / strips % blocks, c0 = b * L, lanes = std::min(L, channels - c0);
+      const int64_t o0 = u % strips * p.strip_out_rows;
+      if (b != block_w) {
+        depthwise_block_taps(w, c0, lanes, taps, p.tap_of, taps_w);
+        std::fill(start, start + L, scalar_t(0));
+        if (bias) std::copy(bias + c0, bias + c0 + lanes, start);
+        block_w = b;
+      }
+      const int64_t count = std::min(p.strip_out_rows, p.out_h - o0) * p.out_w;
+      depthwise_fill_strip(p, mk, src + (n * channels + c0) * src_plane, src_plane, lanes, o0, strip);
+      for (int64_t f = 0; f < phases; ++f) {
+        const int64_t first = p.phase_first[f];
+        FASTCONV_CALL_PLANES(depthwise_block_correlate<scalar_t>(
+            strip, p.bases.data(), count, taps_w + first * L, p.offsets.data() + first, p.phase_first[f + 1] - first,
+            bias ? start : nullptr, pixels, p.out_pos.empty() ? nullptr : p.out_pos.data() + f * grid_pixels));
+      }
+      // The strip's rows of the output, written through the caches: streaming stores measured slower here
+      // (MobileNetV2's 32-channel 112x112 layer at batch 8: 1.03 -> 1.18 ms).
+      const int64_t d0 = o0 * p.dest_rows_per_row, d1 = std::min(p.dest_h, (o0 + p.strip_out_rows) * p.dest_rows_per_row);
+      mk.transpose((d1 - d0) * p.dest_w, lanes, pixels, L, out + (n * channels + c0) * out_plane + d0 * p.dest_w,
+                   out_plane, nullptr);
+    }
+  });
+}
+
+template <typename scalar_t>
+void depthwise_blocks_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w,
+                                     const scalar_t* bias, scalar_t* out) {
+  depthwise_blocks_correlate(g, depthwise_forward_placement(g, 64 / sizeof(scalar_t)), in, w, bias, out);
+}
+
+template <typename scalar_t>
+void depthwise_blocks_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  depthwise_blocks_correlate(g, depthwise_grad_input_placement(g, 64 / sizeof(scalar_t)), go, w,
+                             static_cast<const scalar_t*>(nullptr), gi);
+}
+
+// The weight gradient: per block, the sums over images and strips in order of output-gradient pixels times
+// the input pixels each tap reads (one thread per block: deterministic).
+template <typename scalar_t>
+void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
+  const DepthwisePlacement p = depthwise_forward_placement(g, L);
+  const int64_t channels = g.in_channels, blocks = (channels + L - 1) / L, taps = g.kernel_h * g.kernel_w;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<scalar_t> scratch(depthwise_scratch_elements(p, taps, L));
+    scalar_t* strip = align_64(scratch.data());
+    scalar_t* dy = strip + depthwise_strip_elements(p, L);
+    scalar_t* sums = dy + depthwise_strip_output_pixels(p) * L;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * L, lanes = std::min(L, channels - c0);
+      std::fill(sums, sums + taps * L, scalar_t(0));
+      for (int64_t n = 0; n < g.batch; ++n)
+        for (int64_t o0 = 0; o0 < g.out_h; o0 += p.strip_out_rows) {
+          const int64_t rows = std::min(p.strip_out_rows, g.out_h - o0);
+          depthwise_fill_strip(p, mk, in + (n * channels + c0) * in_plane, in_plane, lanes, o0, strip);
+          mk.transpose(lanes, rows * g.out_w, go + (n * channels + c0) * out_plane + o0 * g.out_w, out_plane, dy, L,
+                       nullptr);
+          FASTCONV_CALL_PLANES(depthwise_block_weight<scalar_t>(strip, p.cols, dy, p.offsets.data(), taps, rows,
+                                                                g.out_w, g.stride_h, g.stride_w, sums));
+        }
+      for (int64_t c = 0; c < lanes; ++c)
+        for (int64_t t = 0; t < taps; ++t) gw[(c0 + c) * taps + t] = sums[t * L + c];
+    }
+  });
+}
+
+// The forward, input gradient and weight gradient of the layers the blocked kernel does not take:
+// depthwise layers in channel blocks where those apply, the plane kernels otherwise. The forward starts
+// each output plane from its channel's bias (null: none), so the bias costs no pass of its own (after
+// streamed output planes that pass came back from memory: MobileNetV2's 144-channel depthwise layer at
+// batch 8 with a bias 2.2 -> 1.4 ms).
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
+  if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.out_channels, g.out_h * g.out_w, plane_scratch_elements(g),
                                [&](int64_t p0, int64_t p1, scalar_t* scratch, scalar_t* compact) {
@@ -183,6 +485,7 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.in_channels, g.in_h * g.in_w, grad_input_scratch_elements(g),
                                [&](int64_t p0, int64_t p1, scalar_t* scratch, scalar_t* compact) {
@@ -198,6 +501,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  if (depthwise_blocks_grad_weight_apply(g, sizeof(scalar_t))) return depthwise_blocks_grad_weight_kernel(g, go, in, gw);
   if (plane_copies_fit(g)) {
     const int64_t scratch_size = weight_grad_scratch_elements(g, sizeof(scalar_t));
     at::parallel_for(0, g.groups * g.in_channels_per_group(), 1, [&](int64_t p0, int64_t p1) {
@@ -746,305 +1050,6 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
   return grad_input;
 }
 
-// ---- Depthwise layers in channel blocks (conv_depthwise.inc) ---------------------------------------------
-
-// A block's channels-last planes are built and used a strip of output rows at a time, the strip's padded
-// rows about kDepthwiseStripBytes (64 bytes a pixel): with the strip's outputs they stay in the core's L2.
-// Whole 112x112 planes (830 kB each for the padded input and the output) were slower than the plane
-// kernels at batch 1 (32 channels: 0.15 -> 0.24 ms).
-constexpr int64_t kDepthwiseStripBytes = 128 << 10;
-
-// Whether a depthwise layer (one input and one output channel per group) runs in channel blocks: a
-// padding in proportion with the plane (the padded rows are materialised).
-bool depthwise_blocks_apply(const ConvGeometry& g) {
-  return g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1 &&
-         padded_plane_in_proportion(g, 64.0);
-}
-
-// At stride 1 the input gradient reads the output gradient inside a border of dil * (k - 1) - pad pixels,
-// which must not be negative (a padding past the kernel's reach); strided ones go by phases, of which
-// there are stride_h x stride_w: a stride past the kernel (phases without taps) keeps the plane kernels.
-bool depthwise_blocks_grad_input_apply(const ConvGeometry& g) {
-  if (!depthwise_blocks_apply(g)) return false;
-  if (g.stride_h > 1 || g.stride_w > 1) return g.stride_h <= g.kernel_h && g.stride_w <= g.kernel_w;
-  return g.pad_h <= g.dil_h * (g.kernel_h - 1) && g.pad_w <= g.dil_w * (g.kernel_w - 1);
-}
-
-// The weight gradient of a block is one thread's sum over the images: it runs in blocks where there are
-// as many blocks as threads.
-bool depthwise_blocks_grad_weight_apply(const ConvGeometry& g, int64_t element_size) {
-  const int64_t lanes = 64 / element_size;
-  return depthwise_blocks_apply(g) && (g.in_channels + lanes - 1) / lanes >= at::get_num_threads();
-}
-
-constexpr int64_t kDepthwiseRun = planes_baseline::kDepthwiseRun;
-
-// Where a block's source planes (src_h x src_w) land in its channels-last planes, and how a grid of out_h x
-// out_w computed pixels reads them. Source pixel (r, s) goes to padded pixel (r * step_h + top,
-// s * step_w + left) of rows `cols` pixels long (the forward and the weight gradient: the input inside its
-// padding; the input gradient: the output gradient inside a border); grid pixel (oh, ow) reads from padded
-// pixel (oh * stride_h, ow * stride_w) on. Strips of strip_out_rows grid rows read strip_rows padded rows
-// each. In elements: dst_cols[j], where pixel j of a strip's first source rows goes relative to the first
-// one's padded row; bases[q], where grid pixel q of a strip reads from (up to a whole number of
-// kDepthwiseRun pixels, the last repeated).
-//
-// The taps go in phases: phase f computes every grid pixel with the weight taps tap_of[i] (i from
-// phase_first[f] to phase_first[f + 1]), tap i reading offsets[i] pixels further, and writes grid pixel q
-// to out_pos[f * bases.size() + q] of the strip's output (or to q where out_pos is empty). The output
-// is dest_h x dest_w, each grid row dest_rows_per_row rows of it. The forward and the stride-1 input
-// gradient are one phase of every tap; a strided input gradient has one phase per stride phase of its
-// pixels.
-struct DepthwisePlacement {
-  int64_t src_h, src_w, step_h, step_w, top, left, cols;
-  int64_t out_h, out_w, stride_h, stride_w;
-  int64_t dest_h, dest_w, dest_rows_per_row;
-  int64_t strip_out_rows = 0, strip_rows = 0;
-  std::vector<int64_t> dst_cols, bases, tap_of, phase_first, offsets, out_pos;
-};
-
-// Fills the strips and the grid's bases; reach_h: the most padded rows a tap reads past a grid pixel's.
-void depthwise_place_strips(DepthwisePlacement& p, int64_t reach_h, int64_t lanes) {
-  p.strip_out_rows = std::clamp<int64_t>(kDepthwiseStripBytes / std::max<int64_t>(1, p.cols * 64 * p.stride_h), 1,
-                                         p.out_h);
-  p.strip_rows = (p.strip_out_rows - 1) * p.stride_h + reach_h + 1;
-  const int64_t src_rows = std::min(p.src_h, p.strip_rows / p.step_h + 1);
-  p.dst_cols.resize(src_rows * p.src_w);
-  for (int64_t r = 0; r < src_rows; ++r)
-    for (int64_t s = 0; s < p.src_w; ++s)
-      p.dst_cols[r * p.src_w + s] = (r * p.step_h * p.cols + s * p.step_w + p.left) * lanes;
-  const int64_t strip_pixels = p.strip_out_rows * p.out_w;
-  p.bases.resize((strip_pixels + kDepthwiseRun - 1) / kDepthwiseRun * kDepthwiseRun);
-  for (int64_t q = 0; q < int64_t(p.bases.size()); ++q) {
-    const int64_t x = std::min(q, strip_pixels - 1);
-    p.bases[q] = (x / p.out_w) * p.stride_h * p.cols + (x % p.out_w) * p.stride_w;
-  }
-}
-
-// Pixels of a strip's output buffer: its grid pixels (rounded up) or, by phases, its rows of the output
-// and one more pixel where the grid's columns past the output go.
-int64_t depthwise_strip_output_pixels(const DepthwisePlacement& p) {
-  return std::max<int64_t>(p.bases.size(), p.strip_out_rows * p.dest_rows_per_row * p.dest_w + 1);
-}
-
-// One phase of every tap over an out_h x out_w grid that is the output (flipped: the taps reversed).
-DepthwisePlacement depthwise_placement(const ConvGeometry& g, int64_t src_h, int64_t src_w, int64_t step_h,
-                                       int64_t step_w, int64_t top, int64_t left, int64_t cols, int64_t out_h,
-                                       int64_t out_w, int64_t stride_h, int64_t stride_w, bool flipped,
-                                       int64_t lanes) {
-  DepthwisePlacement p{src_h, src_w, step_h, step_w, top, left, cols, out_h, out_w, stride_h, stride_w, out_h, out_w, 1};
-  depthwise_place_strips(p, g.dil_h * (g.kernel_h - 1), lanes);
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  p.phase_first = {0, taps};
-  for (int64_t t = 0; t < taps; ++t) {
-    p.tap_of.push_back(flipped ? taps - 1 - t : t);
-    p.offsets.push_back((t / g.kernel_w) * g.dil_h * cols + (t % g.kernel_w) * g.dil_w);
-  }
-  return p;
-}
-
-// Elements of a strip's padded rows.
-int64_t depthwise_strip_elements(const DepthwisePlacement& p, int64_t lanes) { return p.strip_rows * p.cols * lanes; }
-
-// The padded rows of the strip of output rows from o0 on (at most strip_out_rows of them), for the block
-// whose first channel's source plane is at src (planes plane_stride apart, `lanes` channels): the source
-// rows that land there, transposed into place, and zeros in the rows none lands on (the padding and the
-// upsampling's gaps; the gaps within rows stay zero from the start, no source pixel landing there).
-template <typename scalar_t>
-void depthwise_fill_strip(const DepthwisePlacement& p, const MicroKernels<scalar_t>& mk, const scalar_t* src,
-                          int64_t plane_stride, int64_t lanes, int64_t o0, scalar_t* strip) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  const int64_t first_row = o0 * p.stride_h;  // the strip's first padded row
-  // Source rows r with first_row <= r * step_h + top < first_row + strip_rows.
-  const int64_t lo = first_row - p.top, hi = first_row + p.strip_rows - 1 - p.top;
-  const int64_t r0 = lo <= 0 ? 0 : (lo + p.step_h - 1) / p.step_h;
-  const int64_t r1 = hi < 0 ? 0 : std::min(p.src_h, hi / p.step_h + 1);
-  for (int64_t row = 0; row < p.strip_rows; ++row) {
-    const int64_t at = first_row + row - p.top;
-    const bool lands = at >= 0 && at % p.step_h == 0 && at / p.step_h >= r0 && at / p.step_h < r1;
-    if (!lands) std::fill(strip + row * p.cols * L, strip + (row + 1) * p.cols * L, scalar_t(0));
-  }
-  if (r0 < r1)
-    mk.transpose(lanes, (r1 - r0) * p.src_w, src + r0 * p.src_w, plane_stride,
-                 strip + (r0 * p.step_h + p.top - first_row) * p.cols * L, 0, p.dst_cols.data());
-}
-
-// Elements of one thread's scratch: a strip's padded rows, its output (or output-gradient) pixels, the
-// taps' weights or sums and the start values, and 64 bytes for alignment.
-int64_t depthwise_scratch_elements(const DepthwisePlacement& p, int64_t taps, int64_t lanes) {
-  return depthwise_strip_elements(p, lanes) + (depthwise_strip_output_pixels(p) + taps + 2) * lanes;
-}
-
-DepthwisePlacement depthwise_forward_placement(const ConvGeometry& g, int64_t lanes) {
-  return depthwise_placement(g, g.in_h, g.in_w, 1, 1, g.pad_h, g.pad_w, g.in_w + 2 * g.pad_w, g.out_h, g.out_w,
-                             g.stride_h, g.stride_w, /*flipped=*/false, lanes);
-}
-
-// a / b rounded down, for b > 0 and any a.
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-// The input gradient of a strided layer by phases: input pixel (a + s_h i, b + s_w j) receives
-// w[ki][kj] * dY[i + (a + pad_h - ki dil_h) / s_h][j + (b + pad_w - kj dil_w) / s_w] from exactly the taps
-// whose divisions are exact, so phase (a, b) is a stride-1 correlation of the output gradient (inside a
-// border that keeps every shift in the planes) with those taps, over a grid of ceil(in_h / s_h) x
-// ceil(in_w / s_w) pixels whose results go to every s-th pixel (the grid's columns past the input to a
-// spare pixel). Upsampling the output gradient instead multiplied s_h s_w times as many zeros.
-DepthwisePlacement depthwise_phased_grad_input_placement(const ConvGeometry& g, int64_t lanes) {
-  const int64_t sh = g.stride_h, sw = g.stride_w;
-  const int64_t grid_h = (g.in_h + sh - 1) / sh, grid_w = (g.in_w + sw - 1) / sw;
-  // The shift of tap ki (kj) for row (column) phase a (b), where exact: the tap's dY row minus the grid row.
-  const auto shift = [](int64_t phase, int64_t pad, int64_t k, int64_t dil, int64_t stride, int64_t* out) {
-    const int64_t x = phase + pad - k * dil;
-    if (x - floor_div(x, stride) * stride != 0) return false;
-    *out = floor_div(x, stride);
-    return true;
-  };
-  int64_t lo_h = 0, hi_h = 0, lo_w = 0, hi_w = 0, v = 0;
-  for (int64_t a = 0; a < sh; ++a)
-    for (int64_t k = 0; k < g.kernel_h; ++k)
-      if (shift(a, g.pad_h, k, g.dil_h, sh, &v)) lo_h = std::min(lo_h, v), hi_h = std::max(hi_h, v);
-  for (int64_t b = 0; b < sw; ++b)
-    for (int64_t k = 0; k < g.kernel_w; ++k)
-      if (shift(b, g.pad_w, k, g.dil_w, sw, &v)) lo_w = std::min(lo_w, v), hi_w = std::max(hi_w, v);
-  const int64_t top = -lo_h, left = -lo_w;
-  const int64_t cols = std::max(left + g.out_w, grid_w + left + hi_w);
-  DepthwisePlacement p{g.out_h, g.out_w, 1, 1, top, left, cols, grid_h, grid_w, 1, 1, g.in_h, g.in_w, sh};
-  depthwise_place_strips(p, top + hi_h, lanes);
-  const int64_t grid_pixels = p.bases.size(), spare = p.strip_out_rows * sh * g.in_w;
-  for (int64_t a = 0; a < sh; ++a)
-    for (int64_t b = 0; b < sw; ++b) {
-      p.phase_first.push_back(p.tap_of.size());
-      int64_t dr = 0, dc = 0;
-      for (int64_t ki = 0; ki < g.kernel_h; ++ki)
-        for (int64_t kj = 0; kj < g.kernel_w; ++kj)
-          if (shift(a, g.pad_h, ki, g.dil_h, sh, &dr) && shift(b, g.pad_w, kj, g.dil_w, sw, &dc)) {
-            p.tap_of.push_back(ki * g.kernel_w + kj);
-            p.offsets.push_back((top + dr) * cols + left + dc);
-          }
-      for (int64_t q = 0; q < grid_pixels; ++q) {
-        const int64_t x = std::min(q, p.strip_out_rows * grid_w - 1), col = b + sw * (x % grid_w);
-        p.out_pos.push_back(col < g.in_w ? (a + sh * (x / grid_w)) * g.in_w + col : spare);
-      }
-    }
-  p.phase_first.push_back(p.tap_of.size());
-  return p;
-}
-
-// The input gradient at stride 1: the output gradient inside a border of dil * (k - 1) - pad pixels,
-// correlated with the flipped taps.
-DepthwisePlacement depthwise_grad_input_placement(const ConvGeometry& g, int64_t lanes) {
-  if (g.stride_h > 1 || g.stride_w > 1) return depthwise_phased_grad_input_placement(g, lanes);
-  const int64_t top = g.dil_h * (g.kernel_h - 1) - g.pad_h, left = g.dil_w * (g.kernel_w - 1) - g.pad_w;
-  return depthwise_placement(g, g.out_h, g.out_w, 1, 1, top, left, g.in_w + g.dil_w * (g.kernel_w - 1), g.in_h,
-                             g.in_w, 1, 1, /*flipped=*/true, lanes);
-}
-
-int64_t depthwise_blocks_scratch_elements(const ConvGeometry& g, int64_t element_size) {
-  const int64_t lanes = 64 / element_size, taps = g.kernel_h * g.kernel_w;
-  int64_t most = depthwise_scratch_elements(depthwise_forward_placement(g, lanes), taps, lanes);
-  if (depthwise_blocks_grad_input_apply(g))
-    most = std::max(most, depthwise_scratch_elements(depthwise_grad_input_placement(g, lanes), taps, lanes));
-  return most;
-}
-
-// The block's weights, one vector for each computed tap i (weight tap tap_of[i]), zero past the last
-// channel.
-template <typename scalar_t>
-void depthwise_block_taps(const scalar_t* w, int64_t c0, int64_t lanes, int64_t taps, const std::vector<int64_t>& tap_of,
-                          scalar_t* taps_w) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  std::fill(taps_w, taps_w + int64_t(tap_of.size()) * L, scalar_t(0));
-  for (int64_t c = 0; c < lanes; ++c)
-    for (int64_t i = 0; i < int64_t(tap_of.size()); ++i) taps_w[i * L + c] = w[(c0 + c) * taps + tap_of[i]];
-}
-
-// out (N, C, dest_h, dest_w) = the correlation of src's planes (N, C, src_h, src_w), placed by `p`, with
-// the taps, starting from the bias where given; work items are (image, block, strip).
-template <typename scalar_t>
-void depthwise_blocks_correlate(const ConvGeometry& g, const DepthwisePlacement& p, const scalar_t* src,
-                                const scalar_t* w, const scalar_t* bias, scalar_t* out) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
-  const int64_t channels = g.in_channels, blocks = (channels + L - 1) / L, taps = g.kernel_h * g.kernel_w;
-  const int64_t src_plane = p.src_h * p.src_w, out_plane = p.dest_h * p.dest_w;
-  const int64_t phases = int64_t(p.phase_first.size()) - 1, grid_pixels = p.bases.size();
-  const int64_t strips = (p.out_h + p.strip_out_rows - 1) / p.strip_out_rows;
-  at::parallel_for(0, g.batch * blocks * strips, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<scalar_t> scratch(depthwise_scratch_elements(p, taps, L));
-    scalar_t* strip = align_64(scratch.data());
-    scalar_t* pixels = strip + depthwise_strip_elements(p, L);
-    scalar_t* taps_w = pixels + depthwise_strip_output_pixels(p) * L;
-    scalar_t* start = taps_w + taps * L;
-    int64_t block_w = -1;
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / (blocks * strips), b = u / strips % blocks, c0 = b * L, lanes = std::min(L, channels - c0);
-      const int64_t o0 = u % strips * p.strip_out_rows;
-      if (b != block_w) {
-        depthwise_block_taps(w, c0, lanes, taps, p.tap_of, taps_w);
-        std::fill(start, start + L, scalar_t(0));
-        if (bias) std::copy(bias + c0, bias + c0 + lanes, start);
-        block_w = b;
-      }
-      const int64_t count = std::min(p.strip_out_rows, p.out_h - o0) * p.out_w;
-      depthwise_fill_strip(p, mk, src + (n * channels + c0) * src_plane, src_plane, lanes, o0, strip);
-      for (int64_t f = 0; f < phases; ++f) {
-        const int64_t first = p.phase_first[f];
-        FASTCONV_CALL_PLANES(depthwise_block_correlate<scalar_t>(
-            strip, p.bases.data(), count, taps_w + first * L, p.offsets.data() + first, p.phase_first[f + 1] - first,
-            bias ? start : nullptr, pixels, p.out_pos.empty() ? nullptr : p.out_pos.data() + f * grid_pixels));
-      }
-      // The strip's rows of the output, written through the caches: streaming stores measured slower here
-      // (MobileNetV2's 32-channel 112x112 layer at batch 8: 1.03 -> 1.18 ms).
-      const int64_t d0 = o0 * p.dest_rows_per_row, d1 = std::min(p.dest_h, (o0 + p.strip_out_rows) * p.dest_rows_per_row);
-      mk.transpose((d1 - d0) * p.dest_w, lanes, pixels, L, out + (n * channels + c0) * out_plane + d0 * p.dest_w,
-                   out_plane, nullptr);
-    }
-  });
-}
-
-template <typename scalar_t>
-void depthwise_blocks_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w,
-                                     const scalar_t* bias, scalar_t* out) {
-  depthwise_blocks_correlate(g, depthwise_forward_placement(g, 64 / sizeof(scalar_t)), in, w, bias, out);
-}
-
-template <typename scalar_t>
-void depthwise_blocks_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
-  depthwise_blocks_correlate(g, depthwise_grad_input_placement(g, 64 / sizeof(scalar_t)), go, w,
-                             static_cast<const scalar_t*>(nullptr), gi);
-}
-
-// The weight gradient: per block, the sums over images and strips in order of output-gradient pixels times
-// the input pixels each tap reads (one thread per block: deterministic).
-template <typename scalar_t>
-void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
-  const DepthwisePlacement p = depthwise_forward_placement(g, L);
-  const int64_t channels = g.in_channels, blocks = (channels + L - 1) / L, taps = g.kernel_h * g.kernel_w;
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<scalar_t> scratch(depthwise_scratch_elements(p, taps, L));
-    scalar_t* strip = align_64(scratch.data());
-    scalar_t* dy = strip + depthwise_strip_elements(p, L);
-    scalar_t* sums = dy + depthwise_strip_output_pixels(p) * L;
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * L, lanes = std::min(L, channels - c0);
-      std::fill(sums, sums + taps * L, scalar_t(0));
-      for (int64_t n = 0; n < g.batch; ++n)
-        for (int64_t o0 = 0; o0 < g.out_h; o0 += p.strip_out_rows) {
-          const int64_t rows = std::min(p.strip_out_rows, g.out_h - o0);
-          depthwise_fill_strip(p, mk, in + (n * channels + c0) * in_plane, in_plane, lanes, o0, strip);
-          mk.transpose(lanes, rows * g.out_w, go + (n * channels + c0) * out_plane + o0 * g.out_w, out_plane, dy, L,
-                       nullptr);
-          FASTCONV_CALL_PLANES(depthwise_block_weight<scalar_t>(strip, p.cols, dy, p.offsets.data(), taps, rows,
-                                                                g.out_w, g.stride_h, g.stride_w, sums));
-        }
-      for (int64_t c = 0; c < lanes; ++c)
-        for (int64_t t = 0; t < taps; ++t) gw[(c0 + c) * taps + t] = sums[t * L + c];
-    }
-  });
-}
-
 // Output channels per group from which the blocked kernels' channel vectors pay: a vector's lanes.
 int64_t blocked_min_channels(int64_t element_size) { return element_size == 4 ? 16 : 8; }
 
@@ -1131,18 +1136,6 @@ at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
   if (rows_forward_applies(g)) return rows_forward(g, input.contiguous(), weight, bias);
   const bool blocked = direct_forward_is_blocked(g, input.element_size());
   const bool has_bias = bias.has_value() && bias->defined();
-  if (depthwise_blocks_apply(g)) {
-    at::Tensor out = at::empty(g.output_sizes(), input.options());
-    const at::Tensor input_nchw = input.contiguous();
-    const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_blocks_forward", [&] {
-      depthwise_blocks_forward_kernel<scalar_t>(g, input_nchw.const_data_ptr<scalar_t>(),
-                                                weight.const_data_ptr<scalar_t>(),
-                                                has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                                                out.mutable_data_ptr<scalar_t>());
-    });
-    return out;
-  }
   // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it) and adds
   // the bias itself.
   if (blocked) return blocked_forward(g, input, weight, nullptr, has_bias ? &*bias : nullptr);
@@ -1178,20 +1171,6 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
     output_mask[1] = false;
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_backward", [&] {
-    if (output_mask[0] && depthwise_blocks_grad_input_apply(g)) {
-      grad_input = at::empty(input.sizes(), input.options());
-      depthwise_blocks_grad_input_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
-                                                   weight.const_data_ptr<scalar_t>(),
-                                                   grad_input.mutable_data_ptr<scalar_t>());
-      output_mask[0] = false;
-    }
-    if (output_mask[1] && depthwise_blocks_grad_weight_apply(g, element_size)) {
-      grad_weight = at::empty(weight.sizes(), weight.options());
-      depthwise_blocks_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(),
-                                                    input.const_data_ptr<scalar_t>(),
-                                                    grad_weight.mutable_data_ptr<scalar_t>());
-      output_mask[1] = false;
-    }
     if (output_mask[0]) {
       grad_input = at::empty(input.sizes(), input.options());
       grad_input_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
