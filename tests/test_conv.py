@@ -47,6 +47,12 @@ CONV2D_CASES = [
     (2, 5, 23, 29, 7, 1, 1, 0, 1, 1, True),
     (2, 6, 24, 24, 4, 1, 1, 0, 1, 2, False),
     (4, 4, 12, 13, 9, 1, 1, 0, 1, 1, True),         # expanding, 156 pixels: three images per dot product, then one
+    # Strided 1x1 layers: the weight gradient by dot products over a compact copy of the pixels read (552
+    # of them; 156, expanding), an input gradient whose products merge many small images (15-pixel
+    # outputs, 13 images, groups, unequal strides). The last row and column of odd inputs are never read.
+    (2, 5, 47, 45, 7, 1, 2, 0, 1, 1, True),
+    (3, 4, 24, 25, 8, 1, 2, 0, 1, 1, True),
+    (13, 6, 10, 9, 4, 1, (2, 3), 0, 1, 2, False),
     # A small output with many weights: fewer tiles than threads need, a block's tiles split between them
     # (each packs the block), a partial last channel block.
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
@@ -479,6 +485,24 @@ def test_im2col_merges_small_planes_across_images(groups):
         for ours, theirs in zip(torch.autograd.grad(got, (x, w, b), torch.ones_like(got)),
                                 torch.autograd.grad(expected, (x, w, b), torch.ones_like(expected))):
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_strided_pointwise_weight_gradient_under_a_workspace_cap(monkeypatch):
+    # A strided 1x1 layer's weight gradient by dot products reads a compact copy of the pixels it uses
+    # (here 24 x 23 = 552 of them per image); a cap of two images' copies makes it go two images at a
+    # time, the last chunk one image, summed into the same weight gradient.
+    x, w, b = _make((5, 5, 47, 45), (7, 5, 1, 1), 7, True, torch.float64)
+    ref = F.conv2d(x, w, b, stride=2)
+    grad_out = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (x, w, b), grad_out)
+    args = (x, w, [2, 2], [0, 0], [1, 1], 1, "im2col")
+    unbounded = torch.ops.fastconv.conv2d_workspace_bytes(*args)
+    monkeypatch.setenv("FASTCONV_IM2COL_WORKSPACE_BYTES", str(2 * 5 * 24 * 23 * 8))
+    assert torch.ops.fastconv.conv2d_workspace_bytes(*args) < unbounded
+    out = FC.conv2d(x, w, b, stride=2, algo="im2col")
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    for got, expected in zip(torch.autograd.grad(out, (x, w, b), grad_out), want):
+        torch.testing.assert_close(got, expected, **TOL[torch.float64])
 
 
 def test_direct_weight_gradient_over_many_images():

@@ -174,6 +174,58 @@ int64_t images_per_forward_gemm(const ConvGeometry& g, int64_t element_size) {
   return std::clamp<int64_t>(std::min(by_columns, by_bytes), 1, g.batch);
 }
 
+// The input gradient of a strided 1x1 layer (see is_strided_pointwise): dX is zero except at the pixels
+// the layer reads, which hold W^T dY. Small output planes (ResNet's 14x14 -> 7x7 shortcut) merge images
+// into one GEMM as the forward does, its columns packed straight from dY (a 1x1 stride-1 problem over dY,
+// whose input channels are the layer's outputs), and the result is spread over the zeroed gradient.
+// One GEMM per image packed the weight 8 times at batch 8 (layer4.0's 256 -> 512 shortcut: 1.05 -> ... ms).
+ConvGeometry pointwise_grad_input_geometry(const ConvGeometry& g) {
+  // The layer seen from dY: input channels cout, output channels cin, on the out_h x out_w plane.
+  ConvGeometry t = g;
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.stride_h = t.stride_w = t.dil_h = t.dil_w = 1;
+  return t;
+}
+
+at::Tensor strided_pointwise_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+  const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
+  const int64_t out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
+  const ConvGeometry t = pointwise_grad_input_geometry(g);
+  const int64_t merge = images_per_forward_gemm(t, grad_output.element_size());
+  at::Tensor grad_input = at::zeros({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  at::Tensor staged = at::empty({cin_g * merge * out_plane}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "strided_pointwise_grad_input", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight.const_data_ptr<scalar_t>();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    scalar_t* st = staged.mutable_data_ptr<scalar_t>();
+    for (int64_t n0 = 0; n0 < g.batch; n0 += merge) {
+      const int64_t images = std::min(merge, g.batch - n0), cols = images * out_plane;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        // A(ci, co) = W[grp][co][ci]: the group's weight read transposed.
+        const ImplicitColumns<scalar_t> columns(t, go + (n0 * g.out_channels + grp * cout_g) * out_plane,
+                                                g.out_channels * out_plane);
+        gemm_packed_b<scalar_t>(cin_g, cols, cout_g, w + grp * cout_g * cin_g, 1, cin_g, columns, st, cols, false);
+        at::parallel_for(0, cin_g * images, 16, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t ci = r / images, image = r % images;
+            const scalar_t* src = st + ci * cols + image * out_plane;
+            scalar_t* dst = gi + ((n0 + image) * g.in_channels + grp * cin_g + ci) * in_plane;
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              scalar_t* row = dst + oh * g.stride_h * g.in_w;
+              for (int64_t ow = 0; ow < g.out_w; ++ow) row[ow * g.stride_w] = src[oh * g.out_w + ow];
+            }
+          }
+        });
+      }
+    }
+  });
+  return grad_input;
+}
+
 // out (= or +=) a @ b on 2-D strided views, through fastconv's own GEMM. out's rows must be unit-stride.
 void matmul_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   TORCH_INTERNAL_ASSERT(out.stride(1) == 1 && a.size(1) == b.size(0));
@@ -212,7 +264,8 @@ bool pointwise_weight_by_dots(const ConvGeometry& g) {
 // the channels). Each thread owns a range of blocks of output channels and walks the images and their
 // pixels in chunks that stay in L2, every weight summed in the same order whatever the thread count.
 template <typename scalar_t>
-void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw,
+                           bool accumulate) {
   const MicroKernels<scalar_t>& mk = micro_kernels<scalar_t>();
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group(), plane = g.in_h * g.in_w;
   const int64_t row_block = mk.dot_rows_max, col_block = mk.dot_cols_max;
@@ -236,10 +289,57 @@ void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scal
             mk.dot_rows(len, images, dy, plane, g.out_channels * plane, rows,
                         in + (n * g.in_channels + grp * cin_g + ci) * plane + p0, input_rows.data(),
                         g.in_channels * plane, std::min(col_block, cin_g - ci), gw + (grp * cout_g + co) * cin_g + ci,
-                        cin_g, n > 0 || p0 > 0);
+                        cin_g, accumulate || n > 0 || p0 > 0);
         }
       }
   });
+}
+
+// A 1x1 unpadded layer with a stride (ResNet's downsampling shortcuts): it reads only the input pixels
+// (oh * stride_h, ow * stride_w). Its weight gradient is that of the stride-1 layer on those pixels alone.
+bool is_strided_pointwise(const ConvGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0 && !g.is_pointwise_unit();
+}
+
+// The stride-1 1x1 layer on the pixels a strided one reads: the same channels, an out_h x out_w input.
+ConvGeometry picked_pointwise_geometry(const ConvGeometry& g) {
+  ConvGeometry p = g;
+  p.in_h = g.out_h;
+  p.in_w = g.out_w;
+  p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
+  return p;
+}
+
+// Images per compact copy of a strided 1x1 layer's input pixels: as many as the workspace cap holds.
+int64_t images_per_picked_copy(const ConvGeometry& g, int64_t element_size) {
+  const int64_t image_bytes = g.in_channels * g.out_h * g.out_w * element_size;
+  return std::clamp<int64_t>(im2col_workspace_limit_bytes() / std::max<int64_t>(1, image_bytes), 1, g.batch);
+}
+
+// The weight gradient by dot products (pointwise_grad_weight) where it beats the GEMM: on the layer's own
+// input at stride 1, or on a compact copy of the pixels a strided layer reads, made for as many images at
+// a time as the workspace cap allows (one pass over a quarter of a stride-2 input, where the GEMM packed
+// an unrolled copy of them per image: layer2.0's 64 -> 128 shortcut at batch 8, 1.42 -> 0.82 ms).
+at::Tensor pointwise_grad_weight_by_dots(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& weight) {
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  const bool strided = !g.is_pointwise_unit();
+  ConvGeometry p = strided ? picked_pointwise_geometry(g) : g;
+  const int64_t chunk = strided ? images_per_picked_copy(g, input.element_size()) : g.batch;
+  for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+    p.batch = std::min(chunk, g.batch - n0);
+    const at::Tensor images = input.narrow(0, n0, p.batch);
+    const at::Tensor picked = strided ? images.slice(2, 0, (g.out_h - 1) * g.stride_h + 1, g.stride_h)
+                                            .slice(3, 0, (g.out_w - 1) * g.stride_w + 1, g.stride_w)
+                                            .contiguous()
+                                      : images;
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
+      pointwise_grad_weight<scalar_t>(p, grad_output.const_data_ptr<scalar_t>() + n0 * g.out_channels * g.out_h * g.out_w,
+                                      picked.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
+                                      /*accumulate=*/n0 > 0);
+    });
+  }
+  return grad_weight;
 }
 
 }  // namespace
@@ -263,6 +363,16 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
                           (merge > 1 ? cout_g * merge * out_plane * element_size : 0);
   int64_t backward = gemm_workspace_bytes(cout_g, out_plane, g.col_rows(), element_size);
   if (!g.is_pointwise_unit()) backward += g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
+  // A strided 1x1 layer's weight gradient by dot products reads a compact copy of the pixels it uses; its
+  // input gradient stages the merged images' products (strided_pointwise_grad_input).
+  if (is_strided_pointwise(g)) {
+    if (pointwise_weight_by_dots(picked_pointwise_geometry(g)))
+      backward = std::max(backward, images_per_picked_copy(g, element_size) * g.in_channels * out_plane * element_size);
+    const int64_t cin_g = g.in_channels_per_group();
+    const int64_t images = images_per_forward_gemm(pointwise_grad_input_geometry(g), element_size);
+    backward = std::max(backward, gemm_workspace_bytes(cin_g, images * out_plane, cout_g, element_size) +
+                                      cin_g * images * out_plane * element_size);
+  }
   return std::max(forward, backward);
 }
 
@@ -314,22 +424,20 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   const bool need_input = output_mask[0];
   const bool weight_by_dots =
-      output_mask[1] && pointwise_weight_by_dots(g);
+      output_mask[1] && (g.is_pointwise_unit() || is_strided_pointwise(g)) &&
+      pointwise_weight_by_dots(picked_pointwise_geometry(g));
   const bool need_weight = output_mask[1] && !weight_by_dots;  // by the GEMMs below
+  const bool input_merged = need_input && is_strided_pointwise(g);
+  const bool need_input_here = need_input && !input_merged;  // by the GEMMs below
   // A 1x1 stride-1 layer's input gradient is written whole by its products; col2im adds into zeros.
   at::Tensor grad_input = !need_input             ? at::Tensor()
+                          : input_merged          ? strided_pointwise_grad_input(g, grad_output, weight)
                           : g.is_pointwise_unit() ? at::empty(input.sizes(), input.options())
                                                   : at::zeros(input.sizes(), input.options());
-  at::Tensor grad_weight = weight_by_dots ? at::empty(weight.sizes(), weight.options())
+  at::Tensor grad_weight = weight_by_dots ? pointwise_grad_weight_by_dots(g, grad_output, input, weight)
                            : need_weight  ? at::zeros(weight.sizes(), weight.options())
                                           : at::Tensor();
-  if (weight_by_dots) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
-      pointwise_grad_weight<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                                      grad_weight.mutable_data_ptr<scalar_t>());
-    });
-    if (!need_input) return {grad_input, grad_weight, at::Tensor()};
-  }
+  if (!need_weight && !need_input_here) return {grad_input, grad_weight, at::Tensor()};
   at::Tensor buffer = allocate_column_buffer(g, input);
   const int64_t block = rows_per_block(g, input.element_size());
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
@@ -349,7 +457,7 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
           at::Tensor col = columns_of(g, in_group, oh0, oh1, buffer);
           matmul_into(grad_weight_2d[grp], go_block, col.t(), /*accumulate=*/true);
         }
-        if (need_input) {
+        if (need_input_here) {
           // columns(dX) = W^T x dY_block, then folded back onto the input gradient.
           at::Tensor gi_group = grad_input[n].narrow(0, grp * cin_g, cin_g);
           if (g.is_pointwise_unit()) {
