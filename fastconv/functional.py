@@ -281,11 +281,58 @@ def _window_lengths(op, spatial_dims, kernel, stride, padding, dilation):
     return kernel, stride, padding, dilation
 
 
+# Pooling windows already checked, as the 2-D lists the compiled ops take, keyed by the call's arguments
+# when those are plain ints (not bools or tuples, whose equal keys could hide a type error) and fit 32
+# bits: a layer called again skips the checks above (they cost more than the op on a small input).
+_WINDOW_CACHE_SIZE = 256
+_max_windows = {}
+_avg_windows = {}
+
+
+def _plain_window(*values):
+    for v in values:
+        if type(v) is not int and v is not None:
+            return False
+    return True
+
+
+def _fits_int32(*lists):
+    return all(-(2**31) <= v < 2**31 for values in lists for v in values)
+
+
+def _remember_window(cache, key, window):
+    if len(cache) >= _WINDOW_CACHE_SIZE:
+        cache.clear()
+    cache[key] = window
+
+
 def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     _check_tensor(op, input)
-    kernel, stride, padding, dilation = _window_args(op, spatial_dims, kernel_size, stride, padding, dilation)
-    ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
     needs_grad = input.requires_grad and torch.is_grad_enabled()
+    plain = type(ceil_mode) is bool and _plain_window(kernel_size, stride, padding, dilation)
+    key = (spatial_dims, kernel_size, stride, padding, dilation, ceil_mode)
+    window = _max_windows.get(key) if plain else None
+    if window is not None:
+        _check_pool_input(op, input, spatial_dims)
+        kernel, stride, padding, dilation = window
+    else:
+        kernel, stride, padding, dilation = _max_window(spatial_dims, op, input, kernel_size, stride, padding, dilation,
+                                                        ceil_mode, return_indices, needs_grad)
+        if plain and _fits_int32(kernel, stride, padding, dilation):
+            _remember_window(_max_windows, key, (kernel, stride, padding, dilation))
+    if not return_indices and not needs_grad:
+        # Nothing needs the indices: the values alone (torch skips them too).
+        out = _ops_ns.max_pool2d_values(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
+        return _from_2d(out, spatial_dims)
+    out, indices = _ops_ns.max_pool2d(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
+    out, indices = _from_2d(out, spatial_dims), _from_2d(indices, spatial_dims)
+    return (out, indices) if return_indices else out
+
+
+def _max_window(spatial_dims, op, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, needs_grad):
+    """Every check of a max pooling call, in torch's order; the window as 2-D lists."""
+    kernel, stride, padding, dilation = _window_args(op, spatial_dims, kernel_size, stride, padding, dilation)
+    _pool_flag(ceil_mode, "ceil_mode", op)
     # torch's max_pool1d takes int64 only on its no-indices path: CPU, no autograd, indices not asked for.
     int64_path = spatial_dims == 1 and not return_indices and input.is_cpu and not needs_grad
     if not int64_path:
@@ -295,13 +342,7 @@ def _max_pool(spatial_dims, op, input, kernel_size, stride, padding, dilation, c
     if spatial_dims == 1:
         _check_window_1d(op, kernel, stride, padding, dilation)
         kernel, stride, padding, dilation = [1] + kernel, [1] + stride, [0] + padding, [1] + dilation
-    if not return_indices and not needs_grad:
-        # Nothing needs the indices: the values alone (torch skips them too).
-        out = _ops_ns.max_pool2d_values(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
-        return _from_2d(out, spatial_dims)
-    out, indices = _ops_ns.max_pool2d(_as_2d(input, spatial_dims), kernel, stride, padding, dilation, ceil_mode)
-    out, indices = _from_2d(out, spatial_dims), _from_2d(indices, spatial_dims)
-    return (out, indices) if return_indices else out
+    return kernel, stride, padding, dilation
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -316,6 +357,26 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     _check_tensor(op, input)
+    plain = (type(ceil_mode) is bool and type(count_include_pad) is bool
+             and _plain_window(kernel_size, stride, padding, divisor_override))
+    key = (spatial_dims, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    window = _avg_windows.get(key) if plain else None
+    if window is not None:
+        _check_pool_input(op, input, spatial_dims, index_error_below=spatial_dims == 2)
+        kernel, stride, padding = window
+    else:
+        kernel, stride, padding, divisor_override = _avg_window(spatial_dims, op, input, kernel_size, stride, padding,
+                                                                ceil_mode, count_include_pad, divisor_override)
+        if plain and _fits_int32(kernel, stride, padding):
+            _remember_window(_avg_windows, key, (kernel, stride, padding))
+    out = _ops_ns.avg_pool2d(
+        _as_2d(input, spatial_dims), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+    return _from_2d(out, spatial_dims)
+
+
+def _avg_window(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Every check of an average pooling call, in torch's order; the window as 2-D lists, and the divisor."""
     kernel, stride, padding, _ = _window_args(op, spatial_dims, kernel_size, stride, padding, 1)
     ceil_mode = _pool_flag(ceil_mode, "ceil_mode", op)
     count_include_pad = _pool_flag(count_include_pad, "count_include_pad", op)
@@ -332,10 +393,7 @@ def _avg_pool(spatial_dims, op, input, kernel_size, stride, padding, ceil_mode, 
     else:
         _check_window_1d(op, kernel, stride, padding, [1])
         kernel, stride, padding = [1] + kernel, [1] + stride, [0] + padding
-    out = _ops_ns.avg_pool2d(
-        _as_2d(input, spatial_dims), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
-    return _from_2d(out, spatial_dims)
+    return kernel, stride, padding, divisor_override
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):

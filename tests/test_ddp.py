@@ -55,6 +55,9 @@ def _worker(rank, port, out_dir):
         kinds = sorted({type(m).__name__ for m in model.module.modules() if type(m).__module__ == "fastconv.nn"})
         torch.save({"grads": grads, "weights": weights, "fastconv_layers": kinds},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks done before either tears the group down: a rank that closed its connections while
+        # the other's gloo threads still read from them made that process abort now and then.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -386,6 +386,12 @@ _ISA_CHECK = textwrap.dedent("""
     assert fastconv.build_info()["cpu_isa"] == "{isa}", fastconv.build_info()
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.float64):
+        # The values-only max pooling on rows long enough for its vector loops (windows side by side too).
+        v = torch.randn(2, 3, 203, dtype=dtype)
+        v[0, 1, ::7] = float("nan")
+        v[1, 2, 40:80] = 1.5
+        for k, s in [(4, 4), (3, 2), (2, 2), (5, 4)]:
+            assert torch.equal(FC.max_pool1d(v, k, s).nan_to_num(7.0), F.max_pool1d(v, k, s).nan_to_num(7.0)), (k, s)
         for shape in [(2, 3, 13, 37), (1, 20, 9, 40)]:
             x = torch.randn(shape, dtype=dtype)
             x[0, 0, 1, 5] = float("nan")
