@@ -5,6 +5,7 @@ autograd of every op (csrc/autograd.cpp: each forward op calls its separate back
 ops are not differentiable again).
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 from ._shapes import conv_output_size, pooling_output_size
 
@@ -13,6 +14,22 @@ ops = torch.ops.fastconv
 
 def _unused_grad(like):
     return like.new_empty((0,))
+
+
+def _empty(like, shape, channels_last, dtype=None):
+    """An empty tensor like `like`, in the channels-last format or contiguous."""
+    format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=format)
+
+
+def _channels_last(t):
+    """Whether a 4-D tensor suggests the channels-last format (as the compiled ops decide)."""
+    return t.dim() == 4 and suggest_memory_format(t) == torch.channels_last
+
+
+def _conv2d_channels_last(input, weight):
+    """The format of a 2-D convolution's output and gradients (csrc/common/conv_adapters.h)."""
+    return input.dim() == 4 and weight.dim() == 4 and (_channels_last(input) or _channels_last(weight))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -27,14 +44,17 @@ def _conv_fake(spatial_dims):
         sizes = [input.shape[0], 0 if input.shape[1] == 0 else weight.shape[0]]
         for d in range(spatial_dims):
             sizes.append(conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], dilation[d]))
-        return input.new_empty(sizes)
+        # An empty problem (no image or no input channel) gives a contiguous output.
+        nonempty = input.shape[0] != 0 and input.shape[1] != 0
+        return _empty(input, sizes, spatial_dims == 2 and nonempty and _conv2d_channels_last(input, weight))
 
     return fake
 
 
 def _conv_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask, algo):
-    grad_input = input.new_empty(input.shape) if output_mask[0] else _unused_grad(input)
-    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else _unused_grad(input)
+    channels_last = _conv2d_channels_last(input, weight)
+    grad_input = _empty(input, input.shape, channels_last) if output_mask[0] else _unused_grad(input)
+    grad_weight = _empty(weight, weight.shape, channels_last) if output_mask[1] else _unused_grad(input)
     grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else _unused_grad(input)
     return grad_input, grad_weight, grad_bias
 
@@ -54,16 +74,16 @@ def _conv2d_workspace_bytes_fake(input, weight, stride, padding, dilation, group
 # ----------------------------------------------------------------------------------------------
 
 
-def _pooled_shape(input, out_h, out_w):
-    return tuple(input.shape[:-2]) + (out_h, out_w)
+def _pooled(input, out_h, out_w, dtype=None):
+    """An empty pooling output: the input's leading dims, (out_h, out_w), the input's format."""
+    return _empty(input, tuple(input.shape[:-2]) + (out_h, out_w), _channels_last(input), dtype)
 
 
 @torch.library.register_fake("fastconv::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     out_h = pooling_output_size(input.shape[-2], kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
     out_w = pooling_output_size(input.shape[-1], kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)
-    shape = _pooled_shape(input, out_h, out_w)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _pooled(input, out_h, out_w), _pooled(input, out_h, out_w, torch.int64)
 
 
 @torch.library.register_fake("fastconv::max_pool2d_values")
@@ -73,38 +93,37 @@ def _max_pool2d_values_fake(input, kernel_size, stride, padding, dilation, ceil_
 
 @torch.library.register_fake("fastconv::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return input.new_empty(input.shape)
+    return _empty(input, input.shape, _channels_last(input))
 
 
 @torch.library.register_fake("fastconv::avg_pool2d")
 def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     out_h = pooling_output_size(input.shape[-2], kernel_size[0], padding[0], stride[0], 1, ceil_mode)
     out_w = pooling_output_size(input.shape[-1], kernel_size[1], padding[1], stride[1], 1, ceil_mode)
-    return input.new_empty(_pooled_shape(input, out_h, out_w))
+    return _pooled(input, out_h, out_w)
 
 
 @torch.library.register_fake("fastconv::avg_pool2d_backward")
 def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                               divisor_override):
-    return input.new_empty(input.shape)
+    return _empty(input, input.shape, _channels_last(input))
 
 
 @torch.library.register_fake("fastconv::adaptive_avg_pool2d")
 def _adaptive_avg_pool2d_fake(input, output_size):
-    return input.new_empty(_pooled_shape(input, output_size[0], output_size[1]))
+    return _pooled(input, output_size[0], output_size[1])
 
 
 @torch.library.register_fake("fastconv::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
-    return input.new_empty(input.shape)
+    return _empty(input, input.shape, _channels_last(input))
 
 
 @torch.library.register_fake("fastconv::adaptive_max_pool2d")
 def _adaptive_max_pool2d_fake(input, output_size):
-    shape = _pooled_shape(input, output_size[0], output_size[1])
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return _pooled(input, output_size[0], output_size[1]), _pooled(input, output_size[0], output_size[1], torch.int64)
 
 
 @torch.library.register_fake("fastconv::adaptive_max_pool2d_backward")
 def _adaptive_max_pool2d_backward_fake(grad_output, input, indices):
-    return input.new_empty(input.shape)
+    return _empty(input, input.shape, _channels_last(input))

@@ -279,6 +279,53 @@ def test_opcheck(algo):
     )
 
 
+def _strides(t):
+    """The strides that matter: those of dims longer than 1 (torch gives the others any value)."""
+    return tuple(stride for stride, size in zip(t.stride(), t.shape) if size > 1)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_channels_last_formats_match_torch(algo):
+    # torch gives a 2-D convolution's output and its input and weight gradients the channels-last format
+    # where the input or the weight suggests it: dense, strided, grouped, depthwise and 1x1 layers, in
+    # float32 (the blocked kernel writes channels-last tiles directly) and float64.
+    cases = [((2, 16, 10, 9), (32, 16, 3, 3), 1, 1, 1), ((2, 16, 11, 12), (24, 16, 3, 3), 2, 1, 1),
+             ((2, 8, 9, 9), (16, 4, 3, 3), 1, 1, 2), ((2, 8, 9, 9), (8, 1, 3, 3), 1, 1, 8),
+             ((2, 16, 7, 7), (32, 16, 1, 1), 2, 0, 1)]
+    channels_last = torch.channels_last
+    checked = 0
+    for dtype in (torch.float32, torch.float64):
+        for x_shape, w_shape, stride, padding, groups in cases:
+            for x_cl, w_cl in ((True, False), (False, True), (True, True), (False, False)):
+                x = torch.randn(x_shape, dtype=dtype)
+                w = torch.randn(w_shape, dtype=dtype)
+                x = x.contiguous(memory_format=channels_last) if x_cl else x
+                w = w.contiguous(memory_format=channels_last) if w_cl else w
+                b = torch.randn(w_shape[0], dtype=dtype)
+                args = ([stride] * 2, [padding] * 2, [1, 1], groups)
+                out = torch.ops.fastconv.conv2d(x, w, b, *args, algo)
+                ref = F.conv2d(x, w, b, stride, padding, 1, groups)
+                assert _strides(out) == _strides(ref), (x_shape, w_shape, x_cl, w_cl, out.stride(), ref.stride())
+                torch.testing.assert_close(out, ref, **TOL[dtype])
+                grad = torch.randn_like(ref)
+                gi, gw, _ = torch.ops.fastconv.conv2d_backward(grad, x, w, *args, [True, True, False], algo)
+                ref_gi, ref_gw, _ = torch.ops.aten.convolution_backward(grad, x, w, None, *args[:3], False, [0, 0],
+                                                                         groups, [True, True, False])
+                assert _strides(gi) == _strides(ref_gi) and _strides(gw) == _strides(ref_gw), (x_shape, w_shape, x_cl, w_cl)
+                torch.testing.assert_close(gi, ref_gi, **TOL[dtype])
+                torch.testing.assert_close(gw, ref_gw, **TOL[dtype])
+                checked += 1
+    assert checked == 40
+    # The fake kernels give the same strides (torch.compile, meta tensors).
+    x = torch.randn(2, 16, 10, 9).contiguous(memory_format=channels_last)
+    w = torch.randn(32, 16, 3, 3)
+    torch.library.opcheck(torch.ops.fastconv.conv2d, (x, w, None, [1, 1], [1, 1], [1, 1], 1, algo))
+    torch.library.opcheck(torch.ops.fastconv.conv2d, (x.contiguous(), w.contiguous(memory_format=channels_last),
+                                                      None, [2, 1], [1, 0], [1, 1], 1, algo))
+    torch.library.opcheck(torch.ops.fastconv.conv2d_backward,
+                          (torch.randn(2, 32, 10, 9), x, w, [1, 1], [1, 1], [1, 1], 1, [True, True, True], algo))
+
+
 def test_determinism_bitwise():
     x, w, b = _make((4, 8, 12, 12), (8, 4, 3, 3), 8, True, torch.float32)
     for algo in ("im2col", "direct"):

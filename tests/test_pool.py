@@ -519,11 +519,66 @@ def test_opcheck_every_pooling_op():
     torch.library.opcheck(ops.adaptive_max_pool2d, (x, [4, 3]))
     _, idx = ops.adaptive_max_pool2d(xd, [4, 3])
     torch.library.opcheck(ops.adaptive_max_pool2d_backward, (torch.randn(2, 3, 4, 3), xd, idx))
-    # Channels-last inputs take their own kernels; outputs are NCHW-contiguous, as the fake kernels say.
+    # Channels-last inputs take their own kernels; outputs and input gradients come channels-last, as the
+    # fake kernels say.
     x_cl = torch.randn(2, 20, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    xd_cl = x_cl.detach()
     torch.library.opcheck(ops.max_pool2d, (x_cl, *window))
+    torch.library.opcheck(ops.max_pool2d_values, (xd_cl, *window))
+    out, idx = ops.max_pool2d(xd_cl, *window)
+    torch.library.opcheck(ops.max_pool2d_backward, (torch.randn_like(out), xd_cl, idx, *window))
     torch.library.opcheck(ops.avg_pool2d, (x_cl, *avg))
+    torch.library.opcheck(ops.avg_pool2d_backward, (torch.randn_like(ops.avg_pool2d(xd_cl, *avg)), xd_cl, *avg))
+    torch.library.opcheck(ops.adaptive_avg_pool2d, (x_cl, [4, 5]))
+    torch.library.opcheck(ops.adaptive_avg_pool2d_backward, (torch.randn(2, 20, 4, 5), xd_cl))
     torch.library.opcheck(ops.adaptive_max_pool2d, (x_cl, [3, 4]))
+    _, idx = ops.adaptive_max_pool2d(xd_cl, [3, 4])
+    torch.library.opcheck(ops.adaptive_max_pool2d_backward, (torch.randn(2, 20, 3, 4), xd_cl, idx))
+
+
+def _memory_format(t):
+    if t.is_contiguous():
+        return "contiguous"
+    return "channels_last" if t.is_contiguous(memory_format=torch.channels_last) else "strided"
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "permuted", "contiguous"])
+def test_outputs_and_input_gradients_keep_torchs_memory_format(layout):
+    # torch gives pooling outputs, indices and input gradients the input's (suggested) memory format.
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "permuted":  # channels-last strides by a permutation, not by .contiguous()
+        x = torch.randn(2, 9, 8, 5, dtype=torch.float64).permute(0, 3, 1, 2)
+    calls = [
+        ("max_pool2d", lambda f, t: f.max_pool2d(t, 3, 2, 1, return_indices=True)),
+        ("avg_pool2d", lambda f, t: f.avg_pool2d(t, 2)),
+        ("adaptive_avg_pool2d", lambda f, t: f.adaptive_avg_pool2d(t, (4, 3))),
+        ("adaptive_max_pool2d", lambda f, t: f.adaptive_max_pool2d(t, (3, 5), return_indices=True)),
+    ]
+    for name, call in calls:
+        ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours, theirs = call(FC, ours_x), call(F, theirs_x)
+        ours, theirs = (ours if isinstance(ours, tuple) else (ours,)), (theirs if isinstance(theirs, tuple) else (theirs,))
+        for a, b in zip(ours, theirs):
+            assert a.stride() == b.stride(), (name, a.stride(), b.stride())
+            torch.testing.assert_close(a, b)
+        with torch.no_grad():  # the values-only max pooling
+            values = call(FC, x)
+            assert (values[0] if isinstance(values, tuple) else values).stride() == ours[0].stride()
+        # The backward ops themselves, called as autograd calls them.
+        grad = torch.randn_like(ours[0])
+        if name == "max_pool2d":
+            grad_input = ops.max_pool2d_backward(grad, x, ours[1], [3, 3], [2, 2], [1, 1], [1, 1], False)
+        elif name == "avg_pool2d":
+            grad_input = ops.avg_pool2d_backward(grad, x, [2, 2], [2, 2], [0, 0], False, True, None)
+        elif name == "adaptive_avg_pool2d":
+            grad_input = ops.adaptive_avg_pool2d_backward(grad, x)
+        else:
+            grad_input = ops.adaptive_max_pool2d_backward(grad, x, ours[1])
+        (expected,) = torch.autograd.grad(theirs[0], theirs_x, grad)
+        assert _memory_format(grad_input) == _memory_format(expected) == _memory_format(ours[0]), name
+        torch.testing.assert_close(grad_input, expected)
 
 
 def test_torch_compile_fullgraph_matches_eager():

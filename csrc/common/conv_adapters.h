@@ -75,6 +75,16 @@ inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo, const C
 
 using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// The memory format of a 2-D convolution's output and of its input and weight gradients, as torch chooses
+// it: channels-last where the input or the weight suggests that format, contiguous otherwise.
+inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+  const bool channels_last = input.dim() == 4 && weight.dim() == 4 &&
+                             (input.suggest_memory_format() == kChannelsLast ||
+                              weight.suggest_memory_format() == kChannelsLast);
+  return channels_last ? kChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 // Empty placeholder for a gradient that the output mask did not ask for.
 inline at::Tensor unused_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
@@ -121,8 +131,9 @@ ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Ten
   at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
                          : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
                                               : bias_backward(grad_output_c);
-  if (!output_mask[0]) grad_input = unused_grad(input);
-  if (!output_mask[1]) grad_weight = unused_grad(input);
+  const at::MemoryFormat format = conv2d_memory_format(input, weight);
+  grad_input = output_mask[0] ? grad_input.contiguous(format) : unused_grad(input);
+  grad_weight = output_mask[1] ? grad_weight.contiguous(format) : unused_grad(input);
   return {grad_input, grad_weight, grad_bias};
 }
 
@@ -135,7 +146,8 @@ at::Tensor conv1d_via_conv2d(Conv2dFn conv2d, const at::Tensor& input, const at:
   check_conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups);
   at::Tensor out = conv2d(input.unsqueeze(2), weight.unsqueeze(2), bias, {1, stride[0]}, {0, padding[0]},
                           {1, dilation[0]}, groups, algo);
-  return out.squeeze(2);
+  // A 3-D tensor has no channels-last format: whatever its 4-D view suggested, a contiguous result.
+  return out.squeeze(2).contiguous();
 }
 
 template <typename Conv2dBackwardFn>
@@ -148,8 +160,8 @@ ConvGrads conv1d_backward_via_conv2d(Conv2dBackwardFn conv2d_backward, const at:
   auto [grad_input, grad_weight, grad_bias] =
       conv2d_backward(grad_output.unsqueeze(2), input.unsqueeze(2), weight.unsqueeze(2), {1, stride[0]},
                       {0, padding[0]}, {1, dilation[0]}, groups, output_mask, algo);
-  if (output_mask[0]) grad_input = grad_input.squeeze(2);
-  if (output_mask[1]) grad_weight = grad_weight.squeeze(2);
+  if (output_mask[0]) grad_input = grad_input.squeeze(2).contiguous();
+  if (output_mask[1]) grad_weight = grad_weight.squeeze(2).contiguous();
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -13,6 +13,8 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace fastconv {
@@ -335,6 +337,31 @@ inline PoolGeometry check_global_avg_pool2d(const char* op, const at::Tensor& in
   g.out_h = g.out_w = 1;
   return g;
 }
+
+// The memory format torch gives a pooling op's outputs and input gradient: channels-last where the (4-D)
+// input suggests it, contiguous otherwise.
+inline at::MemoryFormat pool_memory_format(const at::Tensor& input) {
+  return input.dim() == 4 && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// A pooling kernel registered so that its results (written NCHW) come in pool_memory_format of the op's
+// argument kInput (the input: argument 0 of a forward op, 1 of a backward one).
+template <size_t kInput, auto Kernel>
+struct InInputFormat;
+template <size_t kInput, typename Result, typename... Args, Result (*Kernel)(Args...)>
+struct InInputFormat<kInput, Kernel> {
+  static Result call(Args... args) {
+    const at::MemoryFormat format = pool_memory_format(std::get<kInput>(std::forward_as_tuple(args...)));
+    Result result = Kernel(args...);
+    if constexpr (std::is_same_v<Result, at::Tensor>) {
+      return result.contiguous(format);
+    } else {
+      return {std::get<0>(result).contiguous(format), std::get<1>(result).contiguous(format)};
+    }
+  }
+};
 
 inline std::vector<int64_t> pool_output_sizes(const at::Tensor& input, const PoolGeometry& g) {
   std::vector<int64_t> sizes(input.sizes().begin(), input.sizes().end());

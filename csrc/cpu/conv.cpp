@@ -55,6 +55,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
   const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
+  const at::MemoryFormat format = conv2d_memory_format(input, weight);
   at::Tensor out;
   if (g.is_empty()) {
     // A view of an empty tensor, as torch returns it: its shape may be too large for at::empty's
@@ -62,13 +63,14 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     out = at::empty({0}, input.options()).view(g.output_sizes());
   } else {
     // The direct kernels choose their own input layout (channels-last input is used as it is) and add
-    // the bias themselves.
+    // the bias themselves; the blocked one writes a channels-last output directly.
     if (which == ConvAlgo::Im2col) {
       out = im2col_conv2d_forward(g, input.contiguous(), weight_c);
       add_channel_bias(out, bias);
     } else {
-      out = direct_conv2d_forward(g, input, weight_c, bias);
+      out = direct_conv2d_forward(g, input, weight_c, bias, format == at::MemoryFormat::ChannelsLast);
     }
+    out = out.contiguous(format);  // a copy only where the kernel wrote the other format
   }
   return out;
 }

@@ -539,9 +539,12 @@ struct TransposedTaps {
 //
 // `bias` (out_channels values, or null) is added to the tiles before they are written out: no second
 // pass over the output.
+//
+// `out` is NCHW, or with channels_last_out (N, H, W, C) in memory: each tile row (a pixel's channels of
+// the block) is then copied to its place as it is, with no transpose.
 template <typename scalar_t>
 void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, scalar_t* out,
-                            const TransposedTaps* transposed, const scalar_t* bias) {
+                            const TransposedTaps* transposed, const scalar_t* bias, bool channels_last_out) {
   const MicroKernels<scalar_t>& mk = micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
@@ -692,6 +695,12 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
       for (int64_t tl = 0; tl < group_tiles; ++tl)
         mk.micro_conv(k_groups, run, in + grp * cin_g, pixel_offsets.data() + tl * mr, k_offsets, packed,
                       tile + tl * mr * nr, nr, bias ? bias_row : nullptr);
+      if (channels_last_out) {
+        scalar_t* dst = out + q_first * g.out_channels + grp * cout_g + first;
+        for (int64_t i = 0; i < pixels; ++i)
+          std::memcpy(dst + i * g.out_channels, tile + i * nr, cols * sizeof(scalar_t));
+        continue;
+      }
       // The tiles are pixel-major (pixels x channels); the output is channel planes: transposed, one run
       // of pixels of one image at a time.
       for (int64_t i0 = 0; i0 < pixels;) {
@@ -707,7 +716,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 // W + 2 pad_w, C), followed by `slack` zeros: each image's (C, H * W) matrix transposed, its pixels
 // (columns) sent to their padded positions.
 at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w, int64_t slack = 0) {
-  const at::Tensor x = input.contiguous();
+  // A channels-last input is copied row by row as it is (no transpose).
+  const bool from_channels_last = !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = from_channels_last ? input : input.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), plane = h * w;
   const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, elements = n * padded_h * padded_w * c;
   // Only the border and the slack are zeroed (the transposes below write the rest): zeroing the whole copy
@@ -740,6 +751,14 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
           }
         }
         const int64_t count = std::min(kPixelsPerItem, plane - q0);
+        if (from_channels_last) {
+          for (int64_t q = q0; q < q0 + count;) {
+            const int64_t len = std::min(q0 + count - q, w - q % w);
+            std::memcpy(padded_image + pixel_at[q], src + (image * plane + q) * c, len * c * sizeof(scalar_t));
+            q += len;
+          }
+          continue;
+        }
         if (c <= 4) {
           // Too few channels for the transpose's square blocks (a 1-channel front end, an RGB stem): each
           // row piece's channels interleaved into place (copied, for one channel).
@@ -769,21 +788,25 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
 // elements into that copy.
 at::Tensor blocked_forward_of_padded(const ConvGeometry& g, const at::Tensor& padded, int64_t offset,
                                      const at::Tensor& weight, const TransposedTaps* transposed,
-                                     const at::Tensor* bias = nullptr) {
-  at::Tensor out = at::empty(g.output_sizes(), padded.options());
+                                     const at::Tensor* bias = nullptr, bool channels_last_out = false) {
+  at::Tensor out = at::empty(g.output_sizes(), padded.options().memory_format(
+                                                   channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                                     : at::MemoryFormat::Contiguous));
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(padded.scalar_type(), "blocked_conv2d_forward", [&] {
     blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>() + offset, w.const_data_ptr<scalar_t>(),
                                      out.mutable_data_ptr<scalar_t>(), transposed,
-                                     b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+                                     b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, channels_last_out);
   });
   return out;
 }
 
 at::Tensor blocked_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                           const TransposedTaps* transposed = nullptr, const at::Tensor* bias = nullptr) {
-  return blocked_forward_of_padded(g, padded_channels_last(input, g.pad_h, g.pad_w), 0, weight, transposed, bias);
+                           const TransposedTaps* transposed = nullptr, const at::Tensor* bias = nullptr,
+                           bool channels_last_out = false) {
+  return blocked_forward_of_padded(g, padded_channels_last(input, g.pad_h, g.pad_w), 0, weight, transposed, bias,
+                                   channels_last_out);
 }
 
 // The weight gradient as a GEMM over output pixels: dW[grp]^T ((tap, cin_g) x cout_g) = sum over images
@@ -1164,13 +1187,13 @@ int64_t direct_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
 }
 
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                                 const std::optional<at::Tensor>& bias) {
+                                 const std::optional<at::Tensor>& bias, bool prefer_channels_last) {
   if (rows_forward_applies(g)) return rows_forward(g, input.contiguous(), weight, bias);
   const bool blocked = direct_forward_is_blocked(g, input.element_size());
   const bool has_bias = bias.has_value() && bias->defined();
   // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it) and adds
   // the bias itself.
-  if (blocked) return blocked_forward(g, input, weight, nullptr, has_bias ? &*bias : nullptr);
+  if (blocked) return blocked_forward(g, input, weight, nullptr, has_bias ? &*bias : nullptr, prefer_channels_last);
   at::Tensor out = at::empty(g.output_sizes(), input.options());
   const at::Tensor input_nchw = input.contiguous();
   const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();

@@ -55,9 +55,10 @@ inline void add_channel_bias(at::Tensor& out, const std::optional<at::Tensor>& b
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, out.size(1), 1, 1}));
 }
 
-// Adds the bias (out_channels values) when given.
+// Adds the bias (out_channels values) when given. With prefer_channels_last, the output may come in the
+// channels-last format (where the kernel writes it so at no cost), else it is contiguous.
 at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
-                                 const std::optional<at::Tensor>& bias);
+                                 const std::optional<at::Tensor>& bias, bool prefer_channels_last = false);
 ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& weight, std::array<bool, 3> output_mask);
 

@@ -286,8 +286,9 @@ int64_t vector_lanes() {
 #endif
 }
 
-// A channels-last input is pooled in place, vectorised over channels, instead of being copied to NCHW
-// first (that copy costs far more than the pooling). Needs at least one vector of channels.
+// A channels-last input is pooled in place, vectorised over channels, into a channels-last output,
+// instead of being copied to NCHW first (that copy costs far more than the pooling). Needs at least one
+// vector of channels.
 template <typename scalar_t>
 bool use_channels_last_kernel(const at::Tensor& input, const PoolGeometry& g) {
   if (input.dim() != 4 || input.is_contiguous() || !input.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
@@ -493,6 +494,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, c10::
   if (g.planes == 0) return {out, indices};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d", [&] {
     if (use_channels_last_kernel<scalar_t>(input, g)) {
+      out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      indices = at::empty(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
       max_pool_forward_channels_last<scalar_t>(g, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
@@ -557,6 +560,7 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size,
   if (g.planes == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d", [&] {
     if (use_channels_last_kernel<scalar_t>(input, g)) {
+      out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
       avg_pool_forward_channels_last<scalar_t>(g, opt, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>());
       return;
@@ -668,6 +672,8 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   windowed.kernel_w = windowed.stride_w = g.in_w / g.out_w;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d", [&] {
     if (uniform && use_channels_last_kernel<scalar_t>(input, windowed)) {
+      out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      indices = at::empty(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
       max_pool_forward_channels_last<scalar_t>(windowed, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
@@ -704,15 +710,15 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("max_pool2d", &max_pool2d_cpu);
-  m.impl("max_pool2d_values", &max_pool2d_values_cpu);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
-  m.impl("avg_pool2d", &avg_pool2d_cpu);
-  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
-  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);
-  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
-  m.impl("adaptive_max_pool2d", &adaptive_max_pool2d_cpu);
-  m.impl("adaptive_max_pool2d_backward", &adaptive_max_pool2d_backward_cpu);
+  m.impl("max_pool2d", &InInputFormat<0, &max_pool2d_cpu>::call);
+  m.impl("max_pool2d_values", &InInputFormat<0, &max_pool2d_values_cpu>::call);
+  m.impl("max_pool2d_backward", &InInputFormat<1, &max_pool2d_backward_cpu>::call);
+  m.impl("avg_pool2d", &InInputFormat<0, &avg_pool2d_cpu>::call);
+  m.impl("avg_pool2d_backward", &InInputFormat<1, &avg_pool2d_backward_cpu>::call);
+  m.impl("adaptive_avg_pool2d", &InInputFormat<0, &adaptive_avg_pool2d_cpu>::call);
+  m.impl("adaptive_avg_pool2d_backward", &InInputFormat<1, &adaptive_avg_pool2d_backward_cpu>::call);
+  m.impl("adaptive_max_pool2d", &InInputFormat<0, &adaptive_max_pool2d_cpu>::call);
+  m.impl("adaptive_max_pool2d_backward", &InInputFormat<1, &adaptive_max_pool2d_backward_cpu>::call);
 }
 
 }  // namespace fastconv::cpu

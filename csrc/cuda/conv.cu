@@ -52,6 +52,8 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                                     : direct_conv2d_forward(g, input_c, weight_c);
   }
   if (bias.has_value() && bias->defined() && out.numel() > 0) out.add_(bias->view({1, g.out_channels, 1, 1}));
+  // torch's output format (the kernels write NCHW).
+  if (!g.is_empty()) out = out.contiguous(conv2d_memory_format(input, weight));
   return out;
 }
 

@@ -485,15 +485,15 @@ at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, FASTCONV_CUDA_DISPATCH_KEY, m) {
-  m.impl("max_pool2d", &max_pool2d_cuda);
-  m.impl("max_pool2d_values", &max_pool2d_values_cuda);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
-  m.impl("avg_pool2d", &avg_pool2d_cuda);
-  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cuda);
-  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cuda);
-  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cuda);
-  m.impl("adaptive_max_pool2d", &adaptive_max_pool2d_cuda);
-  m.impl("adaptive_max_pool2d_backward", &adaptive_max_pool2d_backward_cuda);
+  m.impl("max_pool2d", &InInputFormat<0, &max_pool2d_cuda>::call);
+  m.impl("max_pool2d_values", &InInputFormat<0, &max_pool2d_values_cuda>::call);
+  m.impl("max_pool2d_backward", &InInputFormat<1, &max_pool2d_backward_cuda>::call);
+  m.impl("avg_pool2d", &InInputFormat<0, &avg_pool2d_cuda>::call);
+  m.impl("avg_pool2d_backward", &InInputFormat<1, &avg_pool2d_backward_cuda>::call);
+  m.impl("adaptive_avg_pool2d", &InInputFormat<0, &adaptive_avg_pool2d_cuda>::call);
+  m.impl("adaptive_avg_pool2d_backward", &InInputFormat<1, &adaptive_avg_pool2d_backward_cuda>::call);
+  m.impl("adaptive_max_pool2d", &InInputFormat<0, &adaptive_max_pool2d_cuda>::call);
+  m.impl("adaptive_max_pool2d_backward", &InInputFormat<1, &adaptive_max_pool2d_backward_cuda>::call);
 }
 
 }  // namespace fastconv::cuda
