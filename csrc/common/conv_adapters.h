@@ -88,15 +88,22 @@ inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::
 // Empty placeholder for a gradient that the output mask did not ask for.
 inline at::Tensor unused_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
+// Whether a tensor is laid out channels-last (and not also contiguous).
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // conv2d_backward for one device: argument checks, the algorithm of each gradient ("auto" may split them
 // between the two), empty problems, and the bias gradient. The device supplies its two backward
-// algorithms and its bias-gradient reduction; the caller holds any device guard.
+// algorithms and its bias-gradient reduction; the caller holds any device guard. Where
+// direct_reads_channels_last, the direct algorithm gets channels-last tensors as they are (it copies
+// what it needs to NCHW itself); every other reader gets NCHW copies, made once.
 template <typename Im2colBackward, typename DirectBackward, typename GradBias>
 ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                                     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                     int64_t groups, std::array<bool, 3> output_mask, const std::string& algo,
                                     bool on_cuda, Im2colBackward im2col_backward, DirectBackward direct_backward,
-                                    GradBias bias_backward) {
+                                    GradBias bias_backward, bool direct_reads_channels_last = false) {
   const char* op = "conv2d_backward";
   const ConvGeometry g = check_conv(op, 2, input, weight, std::nullopt, stride, padding, dilation, groups);
   const ConvAlgo input_algo = parse_conv_algo(op, algo, g, ConvPass::BackwardInput, on_cuda);
@@ -108,8 +115,14 @@ ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Ten
               grad_output.scalar_type(), ") and input dtype (", input.scalar_type(), ") should be the same");
   // The ATen calls below are implementation detail, never autograd history.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor grad_output_c = grad_output.contiguous();
-  const at::Tensor input_c = input.contiguous();
+  at::Tensor grad_output_c, input_c;  // NCHW copies, where a reader needs them
+  const auto nchw = [](at::Tensor& copy, const at::Tensor& t) -> const at::Tensor& {
+    if (!copy.defined()) copy = t.contiguous();
+    return copy;
+  };
+  const auto for_direct = [&](at::Tensor& copy, const at::Tensor& t) -> const at::Tensor& {
+    return direct_reads_channels_last && is_channels_last(t) ? t : nchw(copy, t);
+  };
   const at::Tensor weight_c = weight.contiguous();
 
   at::Tensor grad_input, grad_weight;
@@ -121,8 +134,10 @@ ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Ten
       const std::array<bool, 3> mask = {output_mask[0] && input_algo == which,
                                         output_mask[1] && weight_algo == which, false};
       if (!mask[0] && !mask[1]) continue;
-      auto [gi, gw, unused] = which == ConvAlgo::Im2col ? im2col_backward(g, grad_output_c, input_c, weight_c, mask)
-                                                        : direct_backward(g, grad_output_c, input_c, weight_c, mask);
+      auto [gi, gw, unused] =
+          which == ConvAlgo::Im2col
+              ? im2col_backward(g, nchw(grad_output_c, grad_output), nchw(input_c, input), weight_c, mask)
+              : direct_backward(g, for_direct(grad_output_c, grad_output), for_direct(input_c, input), weight_c, mask);
       if (mask[0]) grad_input = gi;
       if (mask[1]) grad_weight = gw;
     }
@@ -130,7 +145,7 @@ ConvGrads conv2d_backward_on_device(const at::Tensor& grad_output, const at::Ten
   // A zero-channel input has a zero-channel output, to which the bias contributes nothing.
   at::Tensor grad_bias = !output_mask[2]      ? unused_grad(input)
                          : g.in_channels == 0 ? at::zeros({g.out_channels}, input.options())
-                                              : bias_backward(grad_output_c);
+                                              : bias_backward(nchw(grad_output_c, grad_output));
   const at::MemoryFormat format = conv2d_memory_format(input, weight);
   grad_input = output_mask[0] ? grad_input.contiguous(format) : unused_grad(input);
   grad_weight = output_mask[1] ? grad_weight.contiguous(format) : unused_grad(input);

@@ -80,7 +80,7 @@ ConvGrads conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& i
                               int64_t groups, std::array<bool, 3> output_mask, const std::string& algo) {
   return conv2d_backward_on_device(grad_output, input, weight, stride, padding, dilation, groups, output_mask, algo,
                                    /*on_cuda=*/false, im2col_conv2d_backward, direct_conv2d_backward,
-                                   conv_grad_bias);
+                                   conv_grad_bias, /*direct_reads_channels_last=*/true);
 }
 
 at::Tensor conv1d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

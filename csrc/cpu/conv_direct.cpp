@@ -958,10 +958,11 @@ at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_out
   return grad_weight;
 }
 
-at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
+at::Tensor blocked_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight,
+                              bool channels_last_out) {
   TransposedTaps flipped{std::vector<int64_t>(g.kernel_h * g.kernel_w), g.kernel_h * g.kernel_w};
   for (int64_t t = 0; t < flipped.layer_taps; ++t) flipped.layer_tap[t] = flipped.layer_taps - 1 - t;  // flipped in both dims
-  return blocked_forward(transposed_geometry(g), grad_output, weight, &flipped);
+  return blocked_forward(transposed_geometry(g), grad_output, weight, &flipped, nullptr, channels_last_out);
 }
 
 // The taps of one phase of a strided input gradient (dilation 1): the input rows ih with
@@ -1204,36 +1205,51 @@ at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
   return out;
 }
 
-ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& input,
-                                 const at::Tensor& weight, std::array<bool, 3> output_mask) {
+ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_output_any,
+                                 const at::Tensor& input_any, const at::Tensor& weight,
+                                 std::array<bool, 3> output_mask) {
+  // grad_output and input may come channels-last: the zero-padded channels-last copies of the blocked
+  // kernels and the stride phases read them as they are (a row copy instead of a transpose), and the
+  // blocked input gradient is written channels-last where torch wants it so. The other kernels read NCHW
+  // copies, made when first needed.
+  at::Tensor grad_output_nchw, input_nchw;
+  const auto grad_output = [&]() -> const at::Tensor& {
+    if (!grad_output_nchw.defined()) grad_output_nchw = grad_output_any.contiguous();
+    return grad_output_nchw;
+  };
+  const auto input = [&]() -> const at::Tensor& {
+    if (!input_nchw.defined()) input_nchw = input_any.contiguous();
+    return input_nchw;
+  };
   at::Tensor grad_input, grad_weight;
-  const int64_t element_size = input.element_size();
+  const int64_t element_size = input_any.element_size();
   if (output_mask[0] && rows_grad_input_applies(g)) {
-    grad_input = rows_grad_input(g, grad_output, weight);
+    grad_input = rows_grad_input(g, grad_output(), weight);
     output_mask[0] = false;
   } else if (output_mask[0] && direct_grad_input_is_blocked(g, element_size)) {
-    grad_input = blocked_grad_input(g, grad_output, weight);
+    grad_input = blocked_grad_input(g, grad_output_any, weight,
+                                    conv2d_memory_format(input_any, weight) == at::MemoryFormat::ChannelsLast);
     output_mask[0] = false;
   } else if (output_mask[0] && direct_grad_input_by_phases(g, element_size)) {
-    grad_input = phase_grad_input(g, grad_output, weight);
+    grad_input = phase_grad_input(g, grad_output_any, weight);
     output_mask[0] = false;
   }
   if (output_mask[1] && rows_grad_weight_applies(g)) {
-    grad_weight = rows_grad_weight(g, grad_output, input);
+    grad_weight = rows_grad_weight(g, grad_output(), input());
     output_mask[1] = false;
   } else if (output_mask[1] && direct_uses_blocked_kernel(g, element_size)) {
-    grad_weight = blocked_grad_weight(g, grad_output, input);
+    grad_weight = blocked_grad_weight(g, grad_output(), input_any);
     output_mask[1] = false;
   }
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
     if (output_mask[0]) {
-      grad_input = at::empty(input.sizes(), input.options());
-      grad_input_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+      grad_input = at::empty(input_any.sizes(), input_any.options());
+      grad_input_kernel<scalar_t>(g, grad_output().const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                   grad_input.mutable_data_ptr<scalar_t>());
     }
     if (output_mask[1]) {
       grad_weight = at::empty(weight.sizes(), weight.options());
-      grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+      grad_weight_kernel<scalar_t>(g, grad_output().const_data_ptr<scalar_t>(), input().const_data_ptr<scalar_t>(),
                                    grad_weight.mutable_data_ptr<scalar_t>());
     }
   });
