@@ -717,7 +717,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, const sca
 // (columns) sent to their padded positions.
 at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t pad_w, int64_t slack = 0) {
   // A channels-last input is copied row by row as it is (no transpose).
-  const bool from_channels_last = !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool from_channels_last = is_channels_last(input);
   const at::Tensor x = from_channels_last ? input : input.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), plane = h * w;
   const int64_t padded_h = h + 2 * pad_h, padded_w = w + 2 * pad_w, elements = n * padded_h * padded_w * c;
@@ -997,11 +997,6 @@ ConvGeometry phase_geometry(const ConvGeometry& g, const Phase& rows, const Phas
   return t;
 }
 
-// A strided layer's input gradient, phase by phase: with ih + pad_h = stride_h * u + rh, input row ih
-// receives dY rows u - m through taps rh + stride_h * m only, so each (rh, rw) phase is a stride-1
-// convolution of dY that the blocked forward kernel computes; its rows and columns are then spread
-// over the input gradient with the stride. Every input pixel belongs to one phase: no sums across
-// phases, deterministic.
 // The weight (out, in / groups, kh, kw) reordered to (out, kh * kw, in / groups): each output channel's
 // (in / groups) x taps matrix transposed. The stride phases of an input gradient each take a few taps of
 // every (output, input) pair; from this copy, made once for all phases and threads, their packed rows are
@@ -1022,6 +1017,11 @@ at::Tensor tap_major_weight(const at::Tensor& weight) {
   return result;
 }
 
+// A strided layer's input gradient, phase by phase: with ih + pad_h = stride_h * u + rh, input row ih
+// receives dY rows u - m through taps rh + stride_h * m only, so each (rh, rw) phase is a stride-1
+// convolution of dY that the blocked forward kernel computes; its rows and columns are then spread
+// over the input gradient with the stride. Every input pixel belongs to one phase: no sums across
+// phases, deterministic.
 at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
   // A phase pads dY by its taps - 1 (at most ceil(kernel / stride) - 1): one copy padded by the most serves
   // them all, each phase starting as far in as its own padding is short of that.

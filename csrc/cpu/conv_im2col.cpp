@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
@@ -174,15 +175,26 @@ int64_t images_per_forward_gemm(const ConvGeometry& g, int64_t element_size) {
   return std::clamp<int64_t>(std::min(by_columns, by_bytes), 1, g.batch);
 }
 
-// A strided 1x1 layer's input gradient as a problem over dY (see strided_pointwise_grad_input).
+// A 1x1 unpadded layer with a stride (ResNet's downsampling shortcuts): it reads only the input pixels
+// (oh * stride_h, ow * stride_w). Its weight gradient is that of the stride-1 layer on those pixels alone.
+bool is_strided_pointwise(const ConvGeometry& g) {
+  return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0 && !g.is_pointwise_unit();
+}
+
+// The stride-1 1x1 layer on the pixels a strided one reads: the same channels, an out_h x out_w input.
+ConvGeometry picked_pointwise_geometry(const ConvGeometry& g) {
+  ConvGeometry p = g;
+  p.in_h = g.out_h;
+  p.in_w = g.out_w;
+  p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
+  return p;
+}
+
+// A strided 1x1 layer's input gradient as a problem over dY (see strided_pointwise_grad_input): the
+// picked stride-1 layer with input and output channels swapped.
 ConvGeometry pointwise_grad_input_geometry(const ConvGeometry& g) {
-  // The layer seen from dY: input channels cout, output channels cin, on the out_h x out_w plane.
-  ConvGeometry t = g;
-  t.in_channels = g.out_channels;
-  t.out_channels = g.in_channels;
-  t.in_h = g.out_h;
-  t.in_w = g.out_w;
-  t.stride_h = t.stride_w = t.dil_h = t.dil_w = 1;
+  ConvGeometry t = picked_pointwise_geometry(g);
+  std::swap(t.in_channels, t.out_channels);
   return t;
 }
 
@@ -295,21 +307,6 @@ void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scal
         }
       }
   });
-}
-
-// A 1x1 unpadded layer with a stride (ResNet's downsampling shortcuts): it reads only the input pixels
-// (oh * stride_h, ow * stride_w). Its weight gradient is that of the stride-1 layer on those pixels alone.
-bool is_strided_pointwise(const ConvGeometry& g) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0 && !g.is_pointwise_unit();
-}
-
-// The stride-1 1x1 layer on the pixels a strided one reads: the same channels, an out_h x out_w input.
-ConvGeometry picked_pointwise_geometry(const ConvGeometry& g) {
-  ConvGeometry p = g;
-  p.in_h = g.out_h;
-  p.in_w = g.out_w;
-  p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
-  return p;
 }
 
 // Images per compact copy of a strided 1x1 layer's input pixels: as many as the workspace cap holds.
