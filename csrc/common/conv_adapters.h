@@ -35,10 +35,13 @@ enum class ConvPass { Forward, BackwardInput, BackwardWeight };
 //   pixels over the batch): direct for the forward and the input gradient, whose register tiles run over
 //   the pixels of all images (MobileNetV2's 7x7 and 14x14 1x1 layers at batch 8: 5-25% faster forward,
 //   up to 2.5x faster input gradient than the per-image GEMMs); the weight gradient stays with im2col.
-// - CPU, forward of strided 1x1 layers with one group whose input has at most twice as many pixels over
-//   the batch as the layer has output channels: direct (ResNet-18's layer4.0 downsample, 256 -> 512 from
-//   14x14: 0.090 / 0.131 / 0.212 ms at batch 1 / 2 / 4 against im2col's 0.138 / 0.221 / 0.266; layer3.0's,
-//   128 -> 256 from 28x28, stays with im2col: 0.077 against 0.090 at batch 1, even at batch 4).
+// - CPU, forward of strided 1x1 layers with one group: direct from batch 2, or where the input has at
+//   most twice as many pixels over the batch as the layer has output channels; im2col for a single
+//   larger image. ResNet-18's downsampling shortcuts on the AMD EPYC (Zen 5) machine, 2 threads, direct
+//   against im2col in ms: layer2.0's (64 -> 128 from 56x56) 0.076 / 0.132 / 0.231 / 0.423 against
+//   0.058 / 0.126 / 0.243 / 0.514 at batch 1 / 2 / 4 / 8; layer3.0's (128 -> 256 from 28x28) 0.073 /
+//   0.112 / 0.179 / 0.295 against 0.069 / 0.116 / 0.220 / 0.339; layer4.0's (256 -> 512 from 14x14)
+//   0.053 / 0.082 / 0.146 / 0.330 against 0.071 / 0.123 / 0.183 / 0.405.
 // - CPU, forward of one-group layers with at most 16 products per output (input channels x taps) and
 //   128+ output channels: im2col. The GEMM writes each output row in place, where the direct kernel
 //   transposes every tile into the planes, which costs more than such short products (wav2vec2's
@@ -53,7 +56,7 @@ inline ConvAlgo auto_conv_algo(const ConvGeometry& g, ConvPass pass, bool on_cud
     return ConvAlgo::Direct;
   if (!on_cuda && pass == ConvPass::Forward && g.kernel_h == 1 && g.kernel_w == 1 && g.groups == 1 &&
       (g.stride_h > 1 || g.stride_w > 1) && g.in_channels >= 16 && g.out_channels >= 16 &&
-      static_cast<double>(g.batch) * g.in_h * g.in_w <= 2.0 * g.out_channels)
+      (g.batch >= 2 || static_cast<double>(g.in_h) * g.in_w <= 2.0 * g.out_channels))
     return ConvAlgo::Direct;
   if (on_cuda || (g.kernel_h == 1 && g.kernel_w == 1)) return ConvAlgo::Im2col;
   if (g.groups > 1 && g.out_channels_per_group() < 16) return ConvAlgo::Direct;
