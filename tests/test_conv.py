@@ -53,6 +53,11 @@ CONV2D_CASES = [
     (2, 5, 47, 45, 7, 1, 2, 0, 1, 1, True),
     (3, 4, 24, 25, 8, 1, 2, 0, 1, 1, True),
     (13, 6, 10, 9, 4, 1, (2, 3), 0, 1, 2, False),
+    # Grouped layers with whole vectors of input channels per group: the blocked kernels read each group's
+    # padded pixels group-major (forward, input gradient, weight gradient; strided, dilated, three groups).
+    (2, 64, 9, 10, 64, 3, 1, 1, 1, 2, True),
+    (2, 32, 11, 10, 96, 3, 2, 1, 1, 2, False),
+    (1, 48, 10, 10, 96, 3, 1, 2, 2, 3, True),
     # A small output with many weights: fewer tiles than threads need, a block's tiles split between them
     # (each packs the block), a partial last channel block.
     (1, 64, 5, 5, 72, 3, 1, 1, 1, 1, False),
