@@ -552,7 +552,8 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t taps = g.kernel_h * g.kernel_w, k = cin_g * taps;
-  const int64_t channels = g.in_channels, padded_w = g.in_w + 2 * g.pad_w, padded_plane = (g.in_h + 2 * g.pad_h) * padded_w;
+  const int64_t channels = g.in_channels, padded_w = g.in_w + 2 * g.pad_w;
+  const int64_t padded_plane = (g.in_h + 2 * g.pad_h) * padded_w;
   const int64_t in_image = padded_plane * channels, out_plane = g.out_h * g.out_w;
   // Elements from one padded pixel to the next in a row, and from a group's first channel to the next group's.
   const int64_t pixel_step = group_major ? cin_g : channels, group_step = group_major ? padded_plane * cin_g : cin_g;
@@ -790,8 +791,8 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
           continue;
         }
         for (int64_t sl = 0; sl < slices; ++sl)
-          mk.transpose(sc, count, src + (image * c + sl * sc) * plane + q0, plane, padded_image + sl * slice_elements, 0,
-                       pixel_at.data() + q0);
+          mk.transpose(sc, count, src + (image * c + sl * sc) * plane + q0, plane,
+                       padded_image + sl * slice_elements, 0, pixel_at.data() + q0);
       }
     });
   });
@@ -810,8 +811,8 @@ at::Tensor blocked_forward_of_padded(const ConvGeometry& g, const at::Tensor& pa
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(padded.scalar_type(), "blocked_conv2d_forward", [&] {
-    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>() + offset, group_major, w.const_data_ptr<scalar_t>(),
-                                     out.mutable_data_ptr<scalar_t>(), transposed,
+    blocked_forward_kernel<scalar_t>(g, padded.const_data_ptr<scalar_t>() + offset, group_major,
+                                     w.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), transposed,
                                      b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, channels_last_out);
   });
   return out;
@@ -872,7 +873,8 @@ std::vector<PatchRows> weight_grad_row_chunks(const ConvGeometry& g, int64_t mr,
         continue;
       }
       for (int64_t kw = 0; kw < g.kernel_w; ++kw)
-        add_segment(grp, row_offset + kw * g.dil_w * pixel_step + grp * group_step, (kh * g.kernel_w + kw) * cin_g, cin_g);
+        add_segment(grp, row_offset + kw * g.dil_w * pixel_step + grp * group_step, (kh * g.kernel_w + kw) * cin_g,
+                    cin_g);
     }
   }
   return chunks;
@@ -986,8 +988,8 @@ at::Tensor blocked_grad_weight(const ConvGeometry& g, const at::Tensor& grad_out
   const at::Tensor buffer = padded_channels_last(input, g.pad_h, g.pad_w, /*slack=*/64, group_major ? g.groups : 1);
   at::Tensor grad_weight = at::empty({g.out_channels, g.in_channels_per_group(), g.kernel_h, g.kernel_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "blocked_grad_weight", [&] {
-    blocked_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), buffer.const_data_ptr<scalar_t>(), group_major,
-                                         grad_weight.mutable_data_ptr<scalar_t>());
+    blocked_grad_weight_kernel<scalar_t>(g, grad_output.const_data_ptr<scalar_t>(), buffer.const_data_ptr<scalar_t>(),
+                                         group_major, grad_weight.mutable_data_ptr<scalar_t>());
   });
   return grad_weight;
 }
