@@ -91,11 +91,6 @@ inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::
 // Empty placeholder for a gradient that the output mask did not ask for.
 inline at::Tensor unused_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
-// Whether a tensor is laid out channels-last (and not also contiguous).
-inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 // conv2d_backward for one device: argument checks, the algorithm of each gradient ("auto" may split them
 // between the two), empty problems, and the bias gradient. The device supplies its two backward
 // algorithms and its bias-gradient reduction; the caller holds any device guard. Where

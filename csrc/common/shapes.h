@@ -338,6 +338,11 @@ inline PoolGeometry check_global_avg_pool2d(const char* op, const at::Tensor& in
   return g;
 }
 
+// Whether a tensor is laid out channels-last (and not also contiguous).
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // The memory format torch gives a pooling op's outputs and input gradient: channels-last where the (4-D)
 // input suggests it, contiguous otherwise.
 inline at::MemoryFormat pool_memory_format(const at::Tensor& input) {

@@ -291,7 +291,7 @@ int64_t vector_lanes() {
 // vector of channels.
 template <typename scalar_t>
 bool use_channels_last_kernel(const at::Tensor& input, const PoolGeometry& g) {
-  if (input.dim() != 4 || input.is_contiguous() || !input.is_contiguous(at::MemoryFormat::ChannelsLast)) return false;
+  if (!is_channels_last(input)) return false;
   const int64_t lanes = vector_lanes<scalar_t>();
   return lanes > 0 && input.size(1) >= lanes && (!std::is_same_v<scalar_t, float> || indices_fit_int32(g));
 }
