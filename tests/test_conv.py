@@ -652,6 +652,33 @@ def test_depthwise_channel_blocks(case, dtype):
                          lambda: F.conv2d(x, w, b, s, p, d, c), (x, w, b), tol)
 
 
+# (N, C, H, W, kernel, stride, padding): depthwise 3x3 and 5x5 layers whose rows hold 14 or more outputs,
+# computed on NCHW planes (the forward at stride 1 and 2, the input gradient at stride 1): rows narrower
+# than a vector of floats, row counts that are not a multiple of four, odd widths, paddings from none to
+# the kernel's reach, and wide rows of whole vectors.
+DEPTHWISE_NCHW_CASES = [
+    (2, 5, 14, 14, 3, 1, 1),
+    (2, 3, 20, 33, 3, 1, 0),
+    (1, 4, 17, 16, 3, 1, 2),
+    (2, 3, 9, 47, 5, 1, 2),
+    (2, 3, 11, 40, 5, 2, 1),
+    (3, 4, 29, 30, 3, 2, 1),
+    (2, 2, 8, 112, 3, 1, 1),
+    (1, 3, 6, 30, 3, 2, 0),
+    (2, 4, 5, 64, 5, 2, 4),
+    (1, 2, 3, 40, 5, 1, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_NCHW_CASES)
+def test_depthwise_nchw_planes(case, dtype):
+    n, c, h, w_, k, s, p = case
+    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, 1, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
+
+
 def test_depthwise_channel_blocks_threads_agree_bitwise():
     # Each channel block's weight gradient is one thread's sum over the images in order.
     x, w, b = _make((4, 64, 12, 12), (64, 1, 3, 3), 64, True, torch.float32)

@@ -24,6 +24,8 @@
 //
 // Depthwise layers (one channel per group) run in channel blocks instead (conv_depthwise.inc): a vector of
 // channels per pixel, a strip of rows at a time, so small planes waste no lanes and pay no per-plane setup.
+// Depthwise 3x3 and 5x5 layers with rows of 14 or more outputs take their forward and stride-1 input
+// gradient on the NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes.
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -37,10 +39,12 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "cpu/conv_kernels.h"
 #include "common/cpu_features.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gemm.h"
 
 namespace fastconv::cpu {
@@ -92,7 +96,6 @@ namespace {
 // (MobileNetV2's 96-channel 112x112 depthwise input gradient at batch 8, 38.5 MB: 12 -> 18 ms). The
 // blocked and the plane kernels both follow this rule (streams_output).
 constexpr int64_t kStreamedOutputBytes = 8 << 20;
-constexpr int64_t kFreshPagesBytes = 32 << 20;
 
 bool streams_output(int64_t bytes) { return bytes >= kStreamedOutputBytes && bytes < kFreshPagesBytes; }
 
@@ -462,6 +465,134 @@ void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* 
   });
 }
 
+// ---- Depthwise layers on NCHW planes (conv_depthwise.inc, depthwise_nchw_*) ------------------------------
+
+// Output rows narrower than this stay in channel blocks, where short rows waste no lanes.
+constexpr int64_t kDepthwiseNchwMinWidth = 14;
+
+// Whether a pass of a depthwise layer runs on NCHW planes: square 3x3 or 5x5 kernels, undilated, stride 1
+// or 2 (the input gradient: stride 1), a padding within the kernel's reach (so the input gradient's border,
+// k - 1 - pad, is not negative) and rows of at least kDepthwiseNchwMinWidth computed pixels.
+bool depthwise_nchw_applies(const ConvGeometry& g, bool grad_input) {
+  const int64_t k = g.kernel_h;
+  if (!(g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1)) return false;
+  if (g.kernel_w != k || (k != 3 && k != 5) || g.dil_h != 1 || g.dil_w != 1) return false;
+  if (g.stride_h != g.stride_w || g.stride_h > (grad_input ? 1 : 2)) return false;
+  if (g.pad_h > k - 1 || g.pad_w > k - 1) return false;
+  return (grad_input ? g.in_w : g.out_w) >= kDepthwiseNchwMinWidth;
+}
+
+// The padded rows of one source plane (src_h x src_w) and the out_h x out_w plane computed from them (see
+// depthwise_nchw_fill and depthwise_nchw_correlate): `rows` rows of `pitch` elements, each holding its
+// `stride` column phases `phase` elements apart, wide enough for the last vector's reach.
+struct DepthwiseNchwLayout {
+  int64_t kernel, stride, src_h, src_w, top, left, out_h, out_w;
+  int64_t rows, phase, pitch;
+  int64_t elements() const { return rows * pitch; }
+};
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+DepthwiseNchwLayout depthwise_nchw_layout(int64_t kernel, int64_t stride, int64_t src_h, int64_t src_w, int64_t top,
+                                          int64_t left, int64_t out_h, int64_t out_w, int64_t lanes) {
+  DepthwiseNchwLayout l{kernel, stride, src_h, src_w, top, left, out_h, out_w, 0, 0, 0};
+  l.rows = stride * (out_h - 1) + kernel;
+  // Phases start on vector boundaries (aligned loads) and reach a vector past the last one computed.
+  l.phase = round_up(std::max((left + src_w + stride - 1) / stride + lanes + 1, round_up(out_w, lanes) + lanes), lanes);
+  l.pitch = round_up(stride * l.phase, lanes);
+  return l;
+}
+
+// The forward reads the input inside its padding; the stride-1 input gradient the output gradient inside
+// a border of k - 1 - pad, with the taps flipped.
+DepthwiseNchwLayout depthwise_nchw_forward_layout(const ConvGeometry& g, int64_t lanes) {
+  return depthwise_nchw_layout(g.kernel_h, g.stride_h, g.in_h, g.in_w, g.pad_h, g.pad_w, g.out_h, g.out_w, lanes);
+}
+
+DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int64_t lanes) {
+  return depthwise_nchw_layout(g.kernel_h, 1, g.out_h, g.out_w, g.kernel_h - 1 - g.pad_h, g.kernel_w - 1 - g.pad_w,
+                               g.in_h, g.in_w, lanes);
+}
+
+// Elements of one thread's scratch: the padded rows, for the weight gradient an output-gradient plane in
+// rows of whole vectors and the taps' sums, and 64 bytes for alignment.
+// Elements of one thread's scratch: the padded rows and 64 bytes for alignment.
+int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
+
+int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element_size) {
+  const int64_t lanes = 64 / element_size;
+  int64_t most = 0;
+  if (depthwise_nchw_applies(g, false))
+    most = depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes);
+  if (depthwise_nchw_applies(g, true))
+    most = std::max(most, depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes));
+  return most;
+}
+
+// The instruction set's kernels for the layout's kernel size and stride.
+template <typename scalar_t>
+void depthwise_nchw_fill_plane(const DepthwiseNchwLayout& l, const scalar_t* src, scalar_t* padded) {
+  if (l.stride == 1)
+    FASTCONV_CALL_PLANES(depthwise_nchw_fill<1, scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows, l.pitch,
+                                                          l.phase, padded));
+  else
+    FASTCONV_CALL_PLANES(depthwise_nchw_fill<2, scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows, l.pitch,
+                                                          l.phase, padded));
+}
+
+#define FASTCONV_DEPTHWISE_NCHW_CASES(call) \
+  call(3, 1) call(3, 2) call(5, 1) call(5, 2)
+
+template <typename scalar_t>
+void depthwise_nchw_correlate_plane(const DepthwiseNchwLayout& l, const scalar_t* padded, const scalar_t* w,
+                                    scalar_t start, scalar_t* out) {
+#define FASTCONV_CORRELATE(k, s)                                                                            \
+  if (l.kernel == k && l.stride == s) {                                                                \
+    FASTCONV_CALL_PLANES(depthwise_nchw_correlate<k, s, scalar_t>(padded, l.pitch, l.phase, w, start, l.out_h, \
+                                                                  l.out_w, out));                           \
+    return;                                                                                              \
+  }
+  FASTCONV_DEPTHWISE_NCHW_CASES(FASTCONV_CORRELATE)
+#undef FASTCONV_CORRELATE
+}
+
+#undef FASTCONV_DEPTHWISE_NCHW_CASES
+
+// out (N, C, out_h, out_w) = the correlation of each source plane (N, C, src_h, src_w), placed by `l`, with
+// its channel's taps w (C, k, k), from the channel's bias (null: zero); one plane per work item.
+template <typename scalar_t>
+void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, const scalar_t* src,
+                           const scalar_t* w, const scalar_t* bias, scalar_t* out) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t channels = g.in_channels, taps = l.kernel * l.kernel;
+  const int64_t src_plane = l.src_h * l.src_w, out_plane = l.out_h * l.out_w;
+  at::parallel_for(0, g.batch * channels, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L));  // zeros: the padding
+    scalar_t* padded = align_64(scratch.data());
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % channels;
+      depthwise_nchw_fill_plane(l, src + p * src_plane, padded);
+      depthwise_nchw_correlate_plane(l, padded, w + c * taps, bias ? bias[c] : scalar_t(0), out + p * out_plane);
+    }
+  });
+}
+
+template <typename scalar_t>
+void depthwise_nchw_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
+                                   scalar_t* out) {
+  depthwise_nchw_planes(g, depthwise_nchw_forward_layout(g, 64 / sizeof(scalar_t)), in, w, bias, out);
+}
+
+template <typename scalar_t>
+void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  std::vector<scalar_t> flipped(g.in_channels * taps);
+  for (int64_t c = 0; c < g.in_channels; ++c)
+    for (int64_t t = 0; t < taps; ++t) flipped[c * taps + t] = w[c * taps + taps - 1 - t];
+  depthwise_nchw_planes(g, depthwise_nchw_grad_input_layout(g, 64 / sizeof(scalar_t)), go, flipped.data(),
+                        static_cast<const scalar_t*>(nullptr), gi);
+}
+
 // The forward, input gradient and weight gradient of the layers the blocked kernel does not take:
 // depthwise layers in channel blocks where those apply, the plane kernels otherwise. The forward starts
 // each output plane from its channel's bias (null: none), so the bias costs no pass of its own (after
@@ -470,6 +601,7 @@ void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* 
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
+  if (depthwise_nchw_applies(g, false)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.out_channels, g.out_h * g.out_w, plane_scratch_elements(g),
@@ -486,6 +618,7 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  if (depthwise_nchw_applies(g, true)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
   if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.in_channels, g.in_h * g.in_w, grad_input_scratch_elements(g),
@@ -734,7 +867,7 @@ at::Tensor padded_channels_last(const at::Tensor& input, int64_t pad_h, int64_t 
   const int64_t sc = c / slices, slice_elements = padded_h * padded_w * sc;  // channels and elements of a slice
   // Only the border and the slack are zeroed (the transposes below write the rest): zeroing the whole copy
   // first cost as much as a third of the transposes.
-  at::Tensor buffer = at::empty({elements + slack}, x.options());
+  at::Tensor buffer = empty_output({elements + slack}, x.options());
   if (slack > 0) buffer.narrow(0, elements, slack).zero_();
   std::vector<int64_t> pixel_at(plane);  // row by row: a division per pixel cost 0.1 ms on the stem's 224x224
   for (int64_t row = 0, q = 0; row < h; ++row) {
@@ -805,7 +938,7 @@ at::Tensor blocked_forward_of_padded(const ConvGeometry& g, const at::Tensor& pa
                                      const at::Tensor& weight, const TransposedTaps* transposed,
                                      const at::Tensor* bias = nullptr, bool channels_last_out = false,
                                      bool group_major = false) {
-  at::Tensor out = at::empty(g.output_sizes(), padded.options().memory_format(
+  at::Tensor out = empty_output(g.output_sizes(), padded.options().memory_format(
                                                    channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                      : at::MemoryFormat::Contiguous));
   const at::Tensor w = weight.contiguous();
@@ -1089,7 +1222,7 @@ at::Tensor phase_grad_input(const ConvGeometry& g, const at::Tensor& grad_output
   // Input row ih is row u = (ih + pad) / stride of phase (ih + pad) mod stride, and the same for columns:
   // each row of the input gradient is written once, in order, from the phases' rows (zero where no phase
   // reaches).
-  at::Tensor grad_input = at::empty({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
+  at::Tensor grad_input = empty_output({g.batch, g.in_channels, g.in_h, g.in_w}, grad_output.options());
   // Per row phase, at stride 2: whether both column phases hold every column of a row, the first at
   // (pad_w + 2 j) / 2 and the second at (pad_w + 1 + 2 j) / 2 for the row's columns 2 j and 2 j + 1.
   std::vector<char> zip_fits(g.stride_h, 0);
@@ -1203,6 +1336,7 @@ static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_si
   if (!blocked_weight && plane_copies_fit(g)) planes = std::max(planes, weight_grad_scratch_elements(g, element_size));
   if (depthwise_blocks_apply(g))
     planes = std::max(planes, depthwise_blocks_scratch_elements(g, element_size));
+  planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
   const int64_t plane_bytes = planes * element_size * at::get_num_threads();
   if (!blocked_forward && !blocked_weight) return plane_bytes;
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
@@ -1231,7 +1365,7 @@ at::Tensor direct_conv2d_forward(const ConvGeometry& g, const at::Tensor& input,
   // The blocked kernel reads a zero-padded channels-last copy of the input (one pass over it) and adds
   // the bias itself.
   if (blocked) return blocked_forward(g, input, weight, nullptr, has_bias ? &*bias : nullptr, prefer_channels_last);
-  at::Tensor out = at::empty(g.output_sizes(), input.options());
+  at::Tensor out = empty_output(g.output_sizes(), input.options());
   const at::Tensor input_nchw = input.contiguous();
   const at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct_conv2d_forward", [&] {
@@ -1279,7 +1413,7 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   }
   AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
     if (output_mask[0]) {
-      grad_input = at::empty(input_any.sizes(), input_any.options());
+      grad_input = empty_output(input_any.sizes(), input_any.options());
       grad_input_kernel<scalar_t>(g, grad_output().const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                   grad_input.mutable_data_ptr<scalar_t>());
     }

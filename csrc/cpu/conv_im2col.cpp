@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/conv_kernels.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gemm.h"
 
 namespace fastconv::cpu {
@@ -376,7 +377,7 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
 }
 
 at::Tensor im2col_conv2d_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight) {
-  at::Tensor out = at::empty(g.output_sizes(), input.options());
+  at::Tensor out = empty_output(g.output_sizes(), input.options());
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t out_plane = g.out_h * g.out_w, image_size = g.in_channels * g.in_h * g.in_w;
   const int64_t merge = images_per_forward_gemm(g, input.element_size());

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cpu/conv_kernels.h"
+#include "cpu/fresh_output.h"
 #include "cpu/gemm.h"
 
 namespace fastconv::cpu {
@@ -316,7 +317,7 @@ int64_t rows_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
 at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
   const at::Tensor src = g.stride_w == 1 ? input : phase_copy(g, input);
-  at::Tensor out = at::empty(g.output_sizes(), input.options());
+  at::Tensor out = empty_output(g.output_sizes(), input.options());
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rows_forward", [&] {
@@ -329,7 +330,7 @@ at::Tensor rows_forward(const ConvGeometry& g, const at::Tensor& input, const at
 
 at::Tensor rows_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {
   const ConvGeometry t = transposed_geometry(g);  // stride 1: the output gradient read in place
-  at::Tensor grad_input = at::empty(t.output_sizes(), grad_output.options());
+  at::Tensor grad_input = empty_output(t.output_sizes(), grad_output.options());
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "rows_grad_input", [&] {
     rows_forward_kernel<scalar_t>(t, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                   g.kernel_w, g.in_channels * g.kernel_w, /*flip=*/true, nullptr,

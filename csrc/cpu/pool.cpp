@@ -28,6 +28,7 @@
 
 #include "common/cpu_features.h"
 #include "common/shapes.h"
+#include "cpu/fresh_output.h"
 
 // Per-ISA compilation needs GCC's `#pragma GCC target` on x86-64; the explicit SIMD code uses GCC's
 // vector extensions. Other compilers and CPUs build the baseline kernels only.
@@ -489,13 +490,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, c10::
   const PoolGeometry g = check_pool2d("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode, true);
   check_float_dtype("max_pool2d", input, /*allow_reduced_precision=*/false);
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
-  at::Tensor out = at::empty(sizes, input.options());
-  at::Tensor indices = at::empty(sizes, input.options().dtype(at::kLong));
+  at::Tensor out = empty_output(sizes, input.options());
+  at::Tensor indices = empty_output(sizes, input.options().dtype(at::kLong));
   if (g.planes == 0) return {out, indices};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d", [&] {
     if (use_channels_last_kernel<scalar_t>(input, g)) {
-      out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-      indices = at::empty(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
+      out = empty_output(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      indices = empty_output(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
       max_pool_forward_channels_last<scalar_t>(g, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
@@ -518,7 +519,7 @@ at::Tensor max_pool2d_values_cpu(const at::Tensor& input, c10::IntArrayRef kerne
     return use_channels_last_kernel<scalar_t>(input, g);
   });
   if (channels_last) return std::get<0>(max_pool2d_cpu(input, kernel_size, stride, padding, dilation, ceil_mode));
-  at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
+  at::Tensor out = empty_output(pool_output_sizes(input, g), input.options());
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
     max_pool_values_kernel<scalar_t>(g, input_c.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
@@ -533,7 +534,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
       check_pool2d("max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode, true);
   check_float_dtype("max_pool2d_backward", input, false);
   check_pool_grad_output("max_pool2d_backward", input, g, grad_output, &indices);
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_input = empty_output(input.sizes(), input.options());
   if (g.planes == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
@@ -556,11 +557,11 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size,
   const PoolGeometry g = check_pool2d("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode, false);
   check_float_dtype("avg_pool2d", input, false);
   const AvgOptions opt = avg_options("avg_pool2d", count_include_pad, divisor_override);
-  at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
+  at::Tensor out = empty_output(pool_output_sizes(input, g), input.options());
   if (g.planes == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d", [&] {
     if (use_channels_last_kernel<scalar_t>(input, g)) {
-      out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      out = empty_output(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
       avg_pool_forward_channels_last<scalar_t>(g, opt, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>());
       return;
@@ -578,7 +579,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   check_float_dtype("avg_pool2d_backward", input, false);
   check_pool_grad_output("avg_pool2d_backward", input, g, grad_output, nullptr);
   const AvgOptions opt = avg_options("avg_pool2d_backward", count_include_pad, divisor_override);
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_input = empty_output(input.sizes(), input.options());
   if (g.planes == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   at::Tensor scaled = at::empty(grad_output_c.sizes(), grad_output_c.options());
@@ -602,7 +603,7 @@ at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef out
                              ? check_global_avg_pool2d("adaptive_avg_pool2d", input)
                              : check_adaptive_pool2d("adaptive_avg_pool2d", input, output_size, /*max_pool=*/false);
   check_float_dtype("adaptive_avg_pool2d", input, false);
-  at::Tensor out = at::empty(pool_output_sizes(input, g), input.options());
+  at::Tensor out = empty_output(pool_output_sizes(input, g), input.options());
   if (out.numel() == 0) return out;
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d", [&] {
@@ -628,7 +629,7 @@ at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output, const
   const PoolGeometry g = adaptive_backward_geometry(op, grad_output, input, false);
   check_float_dtype(op, input, false);
   check_pool_grad_output(op, input, g, grad_output, nullptr);
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_input = empty_output(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   if (g.out_h == 1 && g.out_w == 1) {  // global average: every input element gets its plane's share
@@ -660,8 +661,8 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   const PoolGeometry g = check_adaptive_pool2d("adaptive_max_pool2d", input, output_size, /*max_pool=*/true);
   check_float_dtype("adaptive_max_pool2d", input, false);
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
-  at::Tensor out = at::empty(sizes, input.options());
-  at::Tensor indices = at::empty(sizes, input.options().dtype(at::kLong));
+  at::Tensor out = empty_output(sizes, input.options());
+  at::Tensor indices = empty_output(sizes, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, indices};
   // When the output divides the input, the adaptive windows are those of max pooling with
   // kernel = stride = in / out and no padding, and so are the values, indices, ties and NaNs: use the
@@ -672,8 +673,8 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   windowed.kernel_w = windowed.stride_w = g.in_w / g.out_w;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d", [&] {
     if (uniform && use_channels_last_kernel<scalar_t>(input, windowed)) {
-      out = at::empty(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-      indices = at::empty(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
+      out = empty_output(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+      indices = empty_output(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
       max_pool_forward_channels_last<scalar_t>(windowed, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
@@ -696,7 +697,7 @@ at::Tensor adaptive_max_pool2d_backward_cpu(const at::Tensor& grad_output, const
   const PoolGeometry g = adaptive_backward_geometry(op, grad_output, input, true);
   check_float_dtype(op, input, false);
   check_pool_grad_output(op, input, g, grad_output, &indices);
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_input = empty_output(input.sizes(), input.options());
   if (grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor indices_c = indices.contiguous();
