@@ -652,10 +652,10 @@ def test_depthwise_channel_blocks(case, dtype):
                          lambda: F.conv2d(x, w, b, s, p, d, c), (x, w, b), tol)
 
 
-# (N, C, H, W, kernel, stride, padding): depthwise 3x3 and 5x5 layers whose rows hold 14 or more outputs,
-# computed on NCHW planes (the forward at stride 1 and 2, the input gradient at stride 1): rows narrower
-# than a vector of floats, row counts that are not a multiple of four, odd widths, paddings from none to
-# the kernel's reach, and wide rows of whole vectors.
+# (N, C, H, W, kernel, stride, padding): depthwise 3x3 and 5x5 layers whose input and output rows hold 14
+# or more pixels, computed on NCHW planes (forward and input gradient, stride 1 and 2): rows narrower than
+# a vector of floats, row counts that are not a multiple of four, odd widths, paddings from none to the
+# kernel's reach, and wide rows of whole vectors.
 DEPTHWISE_NCHW_CASES = [
     (2, 5, 14, 14, 3, 1, 1),
     (2, 3, 20, 33, 3, 1, 0),
@@ -667,6 +667,7 @@ DEPTHWISE_NCHW_CASES = [
     (1, 3, 6, 30, 3, 2, 0),
     (2, 4, 5, 64, 5, 2, 4),
     (1, 2, 3, 40, 5, 1, 4),
+    (2, 3, 31, 29, 3, 2, 1),
 ]
 
 

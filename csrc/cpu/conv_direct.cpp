@@ -24,8 +24,8 @@
 //
 // Depthwise layers (one channel per group) run in channel blocks instead (conv_depthwise.inc): a vector of
 // channels per pixel, a strip of rows at a time, so small planes waste no lanes and pay no per-plane setup.
-// Depthwise 3x3 and 5x5 layers with rows of 14 or more outputs take their forward and stride-1 input
-// gradient on the NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes.
+// Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
+// NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes.
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -467,38 +467,43 @@ void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* 
 
 // ---- Depthwise layers on NCHW planes (conv_depthwise.inc, depthwise_nchw_*) ------------------------------
 
-// Output rows narrower than this stay in channel blocks, where short rows waste no lanes.
+// Layers with input or output rows narrower than this stay in channel blocks, where short rows waste no
+// lanes (the stride-2 input gradient of 14x14 planes, 7-pixel output-gradient rows: 0.89-0.98x).
 constexpr int64_t kDepthwiseNchwMinWidth = 14;
 
 // Whether a pass of a depthwise layer runs on NCHW planes: square 3x3 or 5x5 kernels, undilated, stride 1
-// or 2 (the input gradient: stride 1), a padding within the kernel's reach (so the input gradient's border,
-// k - 1 - pad, is not negative) and rows of at least kDepthwiseNchwMinWidth computed pixels.
-bool depthwise_nchw_applies(const ConvGeometry& g, bool grad_input) {
+// or 2, a padding within the kernel's reach (so the input gradient's border, k - 1 - pad, is not negative)
+// and input and output rows of at least kDepthwiseNchwMinWidth pixels (the same rule for both passes).
+bool depthwise_nchw_applies(const ConvGeometry& g) {
   const int64_t k = g.kernel_h;
   if (!(g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1)) return false;
   if (g.kernel_w != k || (k != 3 && k != 5) || g.dil_h != 1 || g.dil_w != 1) return false;
-  if (g.stride_h != g.stride_w || g.stride_h > (grad_input ? 1 : 2)) return false;
+  if (g.stride_h != g.stride_w || g.stride_h > 2) return false;
   if (g.pad_h > k - 1 || g.pad_w > k - 1) return false;
-  return (grad_input ? g.in_w : g.out_w) >= kDepthwiseNchwMinWidth;
+  return std::min(g.in_w, g.out_w) >= kDepthwiseNchwMinWidth;
 }
 
 // The padded rows of one source plane (src_h x src_w) and the out_h x out_w plane computed from them (see
 // depthwise_nchw_fill and depthwise_nchw_correlate): `rows` rows of `pitch` elements, each holding its
-// `stride` column phases `phase` elements apart, wide enough for the last vector's reach.
+// `stride` column phases `phase` elements apart, wide enough for the last vector's reach. With step 2 the
+// source lands upsampled (depthwise_nchw_fill_upsampled; stride 1).
 struct DepthwiseNchwLayout {
   int64_t kernel, stride, src_h, src_w, top, left, out_h, out_w;
-  int64_t rows, phase, pitch;
+  int64_t step = 1;
+  int64_t rows = 0, phase = 0, pitch = 0;
   int64_t elements() const { return rows * pitch; }
 };
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-DepthwiseNchwLayout depthwise_nchw_layout(int64_t kernel, int64_t stride, int64_t src_h, int64_t src_w, int64_t top,
-                                          int64_t left, int64_t out_h, int64_t out_w, int64_t lanes) {
-  DepthwiseNchwLayout l{kernel, stride, src_h, src_w, top, left, out_h, out_w, 0, 0, 0};
+DepthwiseNchwLayout depthwise_nchw_layout(int64_t kernel, int64_t stride, int64_t step, int64_t src_h, int64_t src_w,
+                                          int64_t top, int64_t left, int64_t out_h, int64_t out_w, int64_t lanes) {
+  DepthwiseNchwLayout l{kernel, stride, src_h, src_w, top, left, out_h, out_w, step};
   l.rows = stride * (out_h - 1) + kernel;
-  // Phases start on vector boundaries (aligned loads) and reach a vector past the last one computed.
-  l.phase = round_up(std::max((left + src_w + stride - 1) / stride + lanes + 1, round_up(out_w, lanes) + lanes), lanes);
+  // Phases start on vector boundaries (aligned loads), reach a vector past the last one computed and hold
+  // the fill's overrun.
+  const int64_t source_end = (left + step * (src_w - 1) + stride) / stride;
+  l.phase = round_up(std::max(source_end + step * lanes + 1, round_up(out_w, lanes) + lanes), lanes);
   l.pitch = round_up(stride * l.phase, lanes);
   return l;
 }
@@ -506,12 +511,15 @@ DepthwiseNchwLayout depthwise_nchw_layout(int64_t kernel, int64_t stride, int64_
 // The forward reads the input inside its padding; the stride-1 input gradient the output gradient inside
 // a border of k - 1 - pad, with the taps flipped.
 DepthwiseNchwLayout depthwise_nchw_forward_layout(const ConvGeometry& g, int64_t lanes) {
-  return depthwise_nchw_layout(g.kernel_h, g.stride_h, g.in_h, g.in_w, g.pad_h, g.pad_w, g.out_h, g.out_w, lanes);
+  return depthwise_nchw_layout(g.kernel_h, g.stride_h, 1, g.in_h, g.in_w, g.pad_h, g.pad_w, g.out_h, g.out_w, lanes);
 }
 
+// The input gradient of a layer of stride 2 reads the output gradient upsampled by 2 (zeros between its
+// pixels): 4x the multiply-adds of the taps that reach each pixel, but the layers this takes are bound by
+// their memory traffic, and the kernel stays the stride-1 one.
 DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int64_t lanes) {
-  return depthwise_nchw_layout(g.kernel_h, 1, g.out_h, g.out_w, g.kernel_h - 1 - g.pad_h, g.kernel_w - 1 - g.pad_w,
-                               g.in_h, g.in_w, lanes);
+  return depthwise_nchw_layout(g.kernel_h, 1, g.stride_h, g.out_h, g.out_w, g.kernel_h - 1 - g.pad_h,
+                               g.kernel_w - 1 - g.pad_w, g.in_h, g.in_w, lanes);
 }
 
 // Elements of one thread's scratch: the padded rows, for the weight gradient an output-gradient plane in
@@ -521,18 +529,18 @@ int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t la
 
 int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element_size) {
   const int64_t lanes = 64 / element_size;
-  int64_t most = 0;
-  if (depthwise_nchw_applies(g, false))
-    most = depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes);
-  if (depthwise_nchw_applies(g, true))
-    most = std::max(most, depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes));
-  return most;
+  if (!depthwise_nchw_applies(g)) return 0;
+  return std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes),
+                  depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes));
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
 template <typename scalar_t>
 void depthwise_nchw_fill_plane(const DepthwiseNchwLayout& l, const scalar_t* src, scalar_t* padded) {
-  if (l.stride == 1)
+  if (l.step == 2)
+    FASTCONV_CALL_PLANES(depthwise_nchw_fill_upsampled<scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows,
+                                                                 l.pitch, padded));
+  else if (l.stride == 1)
     FASTCONV_CALL_PLANES(depthwise_nchw_fill<1, scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows, l.pitch,
                                                           l.phase, padded));
   else
@@ -601,7 +609,7 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
-  if (depthwise_nchw_applies(g, false)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
+  if (depthwise_nchw_applies(g)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.out_channels, g.out_h * g.out_w, plane_scratch_elements(g),
@@ -618,7 +626,7 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
-  if (depthwise_nchw_applies(g, true)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
+  if (depthwise_nchw_applies(g)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
   if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
     for_plane_ranges<scalar_t>(g.batch * g.in_channels, g.in_h * g.in_w, grad_input_scratch_elements(g),
