@@ -19,7 +19,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -297,6 +299,17 @@ bool use_channels_last_kernel(const at::Tensor& input, const PoolGeometry& g) {
   return lanes > 0 && input.size(1) >= lanes && (!std::is_same_v<scalar_t, float> || indices_fit_int32(g));
 }
 
+// use_channels_last_kernel for the input's dtype; the forwards allocate their outputs in the layout the
+// kernel they take writes.
+bool takes_channels_last_kernel(const at::Tensor& input, const PoolGeometry& g) {
+  return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pool_layout",
+                                    [&] { return use_channels_last_kernel<scalar_t>(input, g); });
+}
+
+at::TensorOptions pool_output_options(const at::Tensor& input, bool channels_last) {
+  return channels_last ? input.options().memory_format(at::MemoryFormat::ChannelsLast) : input.options();
+}
+
 template <typename scalar_t>
 void max_pool_forward_channels_last(const PoolGeometry& g, int64_t channels, const scalar_t* in, scalar_t* out,
                                     int64_t* idx) {
@@ -490,13 +503,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, c10::
   const PoolGeometry g = check_pool2d("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode, true);
   check_float_dtype("max_pool2d", input, /*allow_reduced_precision=*/false);
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
-  at::Tensor out = empty_output(sizes, input.options());
-  at::Tensor indices = empty_output(sizes, input.options().dtype(at::kLong));
+  const bool channels_last = g.planes > 0 && takes_channels_last_kernel(input, g);
+  at::Tensor out = empty_output(sizes, pool_output_options(input, channels_last));
+  at::Tensor indices = empty_output(sizes, pool_output_options(input, channels_last).dtype(at::kLong));
   if (g.planes == 0) return {out, indices};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d", [&] {
-    if (use_channels_last_kernel<scalar_t>(input, g)) {
-      out = empty_output(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-      indices = empty_output(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
+    if (channels_last) {
       max_pool_forward_channels_last<scalar_t>(g, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
@@ -515,10 +527,7 @@ at::Tensor max_pool2d_values_cpu(const at::Tensor& input, c10::IntArrayRef kerne
   check_float_dtype("max_pool2d_values", input, /*allow_reduced_precision=*/false);
   if (g.planes == 0) return at::empty(pool_output_sizes(input, g), input.options());
   // A channels-last input goes through its own kernel (which also writes indices): no NCHW copy.
-  const bool channels_last = AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
-    return use_channels_last_kernel<scalar_t>(input, g);
-  });
-  if (channels_last) return std::get<0>(max_pool2d_cpu(input, kernel_size, stride, padding, dilation, ceil_mode));
+  if (takes_channels_last_kernel(input, g)) return std::get<0>(max_pool2d_cpu(input, kernel_size, stride, padding, dilation, ceil_mode));
   at::Tensor out = empty_output(pool_output_sizes(input, g), input.options());
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_values", [&] {
@@ -557,11 +566,11 @@ at::Tensor avg_pool2d_cpu(const at::Tensor& input, c10::IntArrayRef kernel_size,
   const PoolGeometry g = check_pool2d("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode, false);
   check_float_dtype("avg_pool2d", input, false);
   const AvgOptions opt = avg_options("avg_pool2d", count_include_pad, divisor_override);
-  at::Tensor out = empty_output(pool_output_sizes(input, g), input.options());
+  const bool channels_last = g.planes > 0 && takes_channels_last_kernel(input, g);
+  at::Tensor out = empty_output(pool_output_sizes(input, g), pool_output_options(input, channels_last));
   if (g.planes == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d", [&] {
-    if (use_channels_last_kernel<scalar_t>(input, g)) {
-      out = empty_output(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (channels_last) {
       avg_pool_forward_channels_last<scalar_t>(g, opt, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>());
       return;
@@ -661,20 +670,22 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   const PoolGeometry g = check_adaptive_pool2d("adaptive_max_pool2d", input, output_size, /*max_pool=*/true);
   check_float_dtype("adaptive_max_pool2d", input, false);
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
-  at::Tensor out = empty_output(sizes, input.options());
-  at::Tensor indices = empty_output(sizes, input.options().dtype(at::kLong));
-  if (out.numel() == 0) return {out, indices};
+  const int64_t elements = std::accumulate(sizes.begin(), sizes.end(), int64_t(1), std::multiplies<int64_t>());
   // When the output divides the input, the adaptive windows are those of max pooling with
   // kernel = stride = in / out and no padding, and so are the values, indices, ties and NaNs: use the
   // vectorised kernels.
-  const bool uniform = g.in_h % g.out_h == 0 && g.in_w % g.out_w == 0;
+  const bool uniform = elements > 0 && g.in_h % g.out_h == 0 && g.in_w % g.out_w == 0;
   PoolGeometry windowed = g;
-  windowed.kernel_h = windowed.stride_h = g.in_h / g.out_h;
-  windowed.kernel_w = windowed.stride_w = g.in_w / g.out_w;
+  if (uniform) {
+    windowed.kernel_h = windowed.stride_h = g.in_h / g.out_h;
+    windowed.kernel_w = windowed.stride_w = g.in_w / g.out_w;
+  }
+  const bool channels_last = uniform && takes_channels_last_kernel(input, windowed);
+  at::Tensor out = empty_output(sizes, pool_output_options(input, channels_last));
+  at::Tensor indices = empty_output(sizes, pool_output_options(input, channels_last).dtype(at::kLong));
+  if (out.numel() == 0) return {out, indices};
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_max_pool2d", [&] {
-    if (uniform && use_channels_last_kernel<scalar_t>(input, windowed)) {
-      out = empty_output(sizes, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-      indices = empty_output(sizes, input.options().dtype(at::kLong).memory_format(at::MemoryFormat::ChannelsLast));
+    if (channels_last) {
       max_pool_forward_channels_last<scalar_t>(windowed, input.size(1), input.const_data_ptr<scalar_t>(),
                                                out.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>());
       return;
