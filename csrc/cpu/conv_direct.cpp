@@ -522,16 +522,18 @@ DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int6
                                g.kernel_w - 1 - g.pad_w, g.in_h, g.in_w, lanes);
 }
 
-// Elements of one thread's scratch: the padded rows, for the weight gradient an output-gradient plane in
-// rows of whole vectors and the taps' sums, and 64 bytes for alignment.
-// Elements of one thread's scratch: the padded rows and 64 bytes for alignment.
+// Elements of one thread's scratch: the padded rows and 64 bytes for alignment (and, where the output is
+// streamed, a staging plane: see depthwise_nchw_planes).
 int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
 
 int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   if (!depthwise_nchw_applies(g)) return 0;
-  return std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes),
-                  depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes));
+  const int64_t planes = g.batch * g.in_channels, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
+  return std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                      streamed_plane_elements(planes, out_plane, element_size),
+                  depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
+                      streamed_plane_elements(planes, in_plane, element_size));
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -574,14 +576,23 @@ void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, 
   constexpr int64_t L = 64 / sizeof(scalar_t);
   const int64_t channels = g.in_channels, taps = l.kernel * l.kernel;
   const int64_t src_plane = l.src_h * l.src_w, out_plane = l.out_h * l.out_w;
+  // Outputs of 8-32 MiB go past the caches (streams_output): each plane is computed into a staging plane
+  // and streamed out, which saved the read of every overwritten line (MobileNetV2's 32-channel 112x112
+  // layer at batch 8: forward 0.65 -> 0.57 ms, 144-channel 56x56: 0.80 -> 0.63 ms; their input
+  // gradients alike).
+  const int64_t compact = streamed_plane_elements(g.batch * channels, out_plane, sizeof(scalar_t));
   at::parallel_for(0, g.batch * channels, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L));  // zeros: the padding
+    std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L) + compact);  // zeros: the padding
     scalar_t* padded = align_64(scratch.data());
+    scalar_t* staged = compact > 0 ? padded + l.elements() : nullptr;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t c = p % channels;
       depthwise_nchw_fill_plane(l, src + p * src_plane, padded);
-      depthwise_nchw_correlate_plane(l, padded, w + c * taps, bias ? bias[c] : scalar_t(0), out + p * out_plane);
+      depthwise_nchw_correlate_plane(l, padded, w + c * taps, bias ? bias[c] : scalar_t(0),
+                                     staged ? staged : out + p * out_plane);
+      if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, out + p * out_plane, out_plane));
     }
+    if (staged) FASTCONV_CALL_PLANES(finish_streaming());
   });
 }
 
