@@ -494,8 +494,6 @@ struct DepthwiseNchwLayout {
   int64_t elements() const { return rows * pitch; }
 };
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 DepthwiseNchwLayout depthwise_nchw_layout(int64_t kernel, int64_t stride, int64_t step, int64_t src_h, int64_t src_w,
                                           int64_t top, int64_t left, int64_t out_h, int64_t out_w, int64_t lanes) {
   DepthwiseNchwLayout l{kernel, stride, src_h, src_w, top, left, out_h, out_w, step};
@@ -696,6 +694,19 @@ struct TransposedTaps {
 //
 // `out` is NCHW, or with channels_last_out (N, H, W, C) in memory: each tile row (a pixel's channels of
 // the block) is then copied to its place as it is, with no transpose.
+// Elements from one pixel of the zero-padded channels-last input to the next in a row, and from a group's
+// first channel to the next group's: channels-last (N, H', W', C), or with group_major each group its own
+// such image (N, groups, H', W', C / groups).
+struct PaddedInputSteps {
+  int64_t pixel, group;
+};
+
+PaddedInputSteps padded_input_steps(const ConvGeometry& g, bool group_major) {
+  const int64_t cin_g = g.in_channels_per_group();
+  if (!group_major) return {g.in_channels, cin_g};
+  return {cin_g, (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w) * cin_g};
+}
+
 template <typename scalar_t>
 void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool group_major, const scalar_t* w,
                             scalar_t* out, const TransposedTaps* transposed, const scalar_t* bias,
@@ -705,10 +716,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t taps = g.kernel_h * g.kernel_w, k = cin_g * taps;
   const int64_t channels = g.in_channels, padded_w = g.in_w + 2 * g.pad_w;
-  const int64_t padded_plane = (g.in_h + 2 * g.pad_h) * padded_w;
-  const int64_t in_image = padded_plane * channels, out_plane = g.out_h * g.out_w;
-  // Elements from one padded pixel to the next in a row, and from a group's first channel to the next group's.
-  const int64_t pixel_step = group_major ? cin_g : channels, group_step = group_major ? padded_plane * cin_g : cin_g;
+  const int64_t in_image = (g.in_h + 2 * g.pad_h) * padded_w * channels, out_plane = g.out_h * g.out_w;
+  const PaddedInputSteps steps = padded_input_steps(g, group_major);
+  const int64_t pixel_step = steps.pixel, group_step = steps.group;
   const int64_t blocks = (cout_g + nr - 1) / nr;
   // Tiles run over the pixels of all images in turn, so small planes (7x7: 49 pixels) fill them too.
   const int64_t pixels_total = g.batch * out_plane;
@@ -1011,8 +1021,8 @@ bool weight_grad_rows_contiguous(const ConvGeometry& g) { return g.groups == 1 &
 // as its own image (see blocked_forward_kernel).
 std::vector<PatchRows> weight_grad_row_chunks(const ConvGeometry& g, int64_t mr, bool group_major) {
   const int64_t cin_g = g.in_channels_per_group(), padded_w = g.in_w + 2 * g.pad_w;
-  const int64_t pixel_step = group_major ? cin_g : g.in_channels;
-  const int64_t group_step = group_major ? (g.in_h + 2 * g.pad_h) * padded_w * cin_g : cin_g;
+  const PaddedInputSteps steps = padded_input_steps(g, group_major);
+  const int64_t pixel_step = steps.pixel, group_step = steps.group;
   std::vector<PatchRows> chunks;
   const auto add_segment = [&](int64_t group, int64_t offset, int64_t first_row, int64_t length) {
     for (int64_t s = 0; s < length; s += mr) chunks.push_back({group, offset + s, first_row + s, std::min(mr, length - s)});
@@ -1053,7 +1063,7 @@ void blocked_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const
   const int64_t padded_image = (g.in_h + 2 * g.pad_h) * padded_w * g.in_channels;
   const int64_t strips = (cout_g + nr - 1) / nr;  // of nr output channels
   const std::vector<PatchRows> chunks = weight_grad_row_chunks(g, mr, group_major);
-  const int64_t pixel_step = group_major ? cin_g : g.in_channels;
+  const int64_t pixel_step = padded_input_steps(g, group_major).pixel;
   const int64_t chunk_count = static_cast<int64_t>(chunks.size());
 
   // The tiles of one group's dW^T that hold each of its weights, in the weight's (channel, kh, kw) order:

@@ -107,8 +107,6 @@ struct StridedBPacker final : BPacker<T> {
   }
 };
 
-int64_t round_up(int64_t v, int64_t multiple) { return (v + multiple - 1) / multiple * multiple; }
-
 // A product with more rows than one panel of A, whose k is one slice and whose packed B (k x n) fits
 // 256 KiB of L2, with A's packed rows at most as large: C is written in one pass over all of A's rows
 // (one panel), band by band (see gemm_impl). The 1-channel front ends of audio models (k = 10 taps,
