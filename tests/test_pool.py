@@ -143,6 +143,50 @@ def test_max_pool_stride_4_on_long_rows(kernel, padding, dilation, dtype):
         torch.testing.assert_close(_grads(out, t, grad_out), _grads(ref, t, grad_out), rtol=0, atol=0)
 
 
+# Windows of the row sweep (max pooling without indices, average pooling): copied padded rows, aligned
+# 2x2 / 3x3 / 1-D windows, other windows, rows read in place; rows that are not a whole number of vectors,
+# groups of fewer than four rows, planes split into bands (two threads, few planes), ceil mode.
+SWEEP_WINDOWS_2D = [
+    # kernel, stride, padding, dilation, ceil_mode
+    (3, 1, 1, 1, False), (3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 2, 1, 1, False), (2, 1, 1, 1, True),
+    (2, 2, 0, 1, False), (2, 2, 0, 1, True), (2, 1, 0, 1, False), (3, 1, 0, 1, False), (3, 2, 0, 1, False),
+    (5, 1, 2, 1, False), (3, 1, 1, 2, False), (3, 2, 1, 2, True), ((3, 2), (2, 1), (1, 0), 1, False),
+    ((1, 3), 1, (0, 1), 1, False), (3, (1, 2), 1, 1, False),
+]
+SWEEP_WINDOWS_1D = [(2, 1, 0, 1, False), (2, 2, 1, 1, True), (3, 1, 1, 1, False), (3, 2, 1, 1, False),
+                    (3, 2, 1, 1, True), (3, 2, 0, 1, False), (4, 2, 2, 1, False), (3, 1, 1, 3, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dims", [1, 2])
+def test_row_sweep_matches_torch_bitwise(dims, dtype):
+    torch.manual_seed(0)
+    shapes = [(2, 3, 23, 37), (1, 2, 150, 40), (3, 2, 9, 70)] if dims == 2 else [(2, 3, 203), (1, 2, 37)]
+    windows = SWEEP_WINDOWS_2D if dims == 2 else SWEEP_WINDOWS_1D
+    ops_ = ((FC.max_pool2d, F.max_pool2d, FC.avg_pool2d, F.avg_pool2d) if dims == 2
+            else (FC.max_pool1d, F.max_pool1d, FC.avg_pool1d, F.avg_pool1d))
+    checked = 0
+    for shape, (k, s, p, d, ceil), threads, special in itertools.product(shapes, windows, (1, 2), (False, True)):
+        x = torch.randn(shape, dtype=dtype)
+        if special:  # NaNs and infinities: max pooling's quick form hands such rows to torch's full rule
+            x.view(-1)[::29] = float("nan")
+            x.view(-1)[3::31] = float("inf")
+            x.view(-1)[5::37] = float("-inf")
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            max_ours, max_ref = ops_[0](x, k, s, p, d, ceil), ops_[1](x, k, s, p, d, ceil)
+            assert max_ours.shape == max_ref.shape
+            assert torch.equal(max_ours.nan_to_num(7.0), max_ref.nan_to_num(7.0)), (shape, k, s, p, d, ceil)
+            assert torch.equal(max_ours.isnan(), max_ref.isnan())
+            if d == 1:
+                for include_pad in (True, False):
+                    avg_ours = ops_[2](x, k, s, p, ceil, include_pad)
+                    avg_ref = ops_[3](x, k, s, p, ceil, include_pad)
+                    assert torch.equal(avg_ours.nan_to_num(7.0), avg_ref.nan_to_num(7.0)), (shape, k, s, p, ceil)
+        checked += 1
+    assert checked == len(shapes) * len(windows) * 4
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims", [1, 2])
 def test_avg_pool_matches_torch(dims, dtype):
@@ -395,6 +439,12 @@ _ISA_CHECK = textwrap.dedent("""
         for shape in [(2, 3, 13, 37), (1, 20, 9, 40)]:
             x = torch.randn(shape, dtype=dtype)
             x[0, 0, 1, 5] = float("nan")
+            # The row sweep: max pooling values (no indices) and average pooling on NCHW planes.
+            for k, s, p, d in [(3, 2, 1, 1), (3, 1, 1, 1), (2, 2, 0, 1), (2, 2, 1, 1), (3, 1, 1, 2), (5, 1, 2, 1)]:
+                a, b = FC.max_pool2d(x, k, s, p, d), F.max_pool2d(x, k, s, p, d)
+                assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), (k, s, p, d)
+                if d == 1:
+                    assert torch.equal(FC.avg_pool2d(x, k, s, p).nan_to_num(7.0), F.avg_pool2d(x, k, s, p).nan_to_num(7.0))
             for layout in (x, x.contiguous(memory_format=torch.channels_last)):
                 for k, s, p, d in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (5, 3, 2, 1), (3, 4, 1, 1)]:
                     a, b = FC.max_pool2d(layout, k, s, p, d, True, True), F.max_pool2d(x, k, s, p, d, True, True)

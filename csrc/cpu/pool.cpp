@@ -30,6 +30,7 @@
 
 #include "common/cpu_features.h"
 #include "common/shapes.h"
+#include "cpu/align.h"
 #include "cpu/fresh_output.h"
 
 // Per-ISA compilation needs GCC's `#pragma GCC target` on x86-64; the explicit SIMD code uses GCC's
@@ -190,6 +191,23 @@ struct AvgPoolArgs {
   OutputRange interior;
   const scalar_t* in;
   scalar_t* out;
+};
+
+// Arguments of the window sweep (max pooling values and average pooling; see pool_kernels.inc).
+constexpr int64_t kSweepMaxSpan = 128;  // input rows that kSweepRows windows may span
+constexpr int64_t kSweepRows = 4;  // output rows computed together
+
+template <typename scalar_t>
+struct SweepArgs {
+  const PoolGeometry* g;
+  const scalar_t* divisors;  // average pooling: out_h * out_w; null for max pooling
+  const scalar_t* in;
+  scalar_t* out;
+  int64_t bands;        // each plane's output rows split into this many work items
+  bool padded;          // input rows go through a ring of padded copies (else they are read in place)
+  int64_t phase_pitch;  // elements per phase of a padded row (stride 2: two phases, even and odd columns), a
+                        // multiple of the vector lanes
+  int64_t ring_rows;    // padded rows in the ring (a power of two): at least the input rows of 2 * kSweepRows windows
 };
 
 template <typename scalar_t>
@@ -363,8 +381,63 @@ void max_pool_forward_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t
   }
 }
 
+// The window sweep (pool_kernels.inc) takes strides 1 and 2 along W and output rows of at least a
+// vector, with a ring of padded rows of at most kSweepMaxRingBytes (bounded workspace; wider rows take
+// the row kernels).
+constexpr int64_t kSweepMaxRingBytes = 1 << 20;
+
+// Elements of a work item's ring: its padded rows (if any) and one row of the pooling's neutral value.
+template <typename scalar_t>
+int64_t sweep_ring_size(const SweepArgs<scalar_t>& a) {
+  return ((a.padded ? a.ring_rows : 0) + 1) * a.g->stride_w * a.phase_pitch;
+}
+
+template <typename scalar_t>
+std::optional<SweepArgs<scalar_t>> sweep_args(const PoolGeometry& g, const scalar_t* divisors, const scalar_t* in,
+                                              scalar_t* out) {
+#if FASTCONV_POOL_VECTOR_EXTENSIONS
+  const int64_t lanes = vector_lanes<scalar_t>();
+  if ((g.stride_w != 1 && g.stride_w != 2) || g.out_w < lanes ||
+      (kSweepRows - 1) * g.stride_h + g.dil_h * (g.kernel_h - 1) + 1 > kSweepMaxSpan)
+    return std::nullopt;
+  SweepArgs<scalar_t> a{&g, divisors, in, out};
+  const int64_t reach = (g.out_w - 1) * g.stride_w + g.dil_w * (g.kernel_w - 1) + 1;  // padded columns read
+  a.padded = g.pad_w > 0 || reach > g.in_w;
+  const int64_t padded_w = std::max(g.pad_w + g.in_w, reach);  // the left padding, the input, windows past it
+  // Whole vectors from every block start below out_w, and the one after, stay inside a phase.
+  const int64_t phase_columns = std::max((padded_w + g.stride_w - 1) / g.stride_w, round_up(g.out_w, lanes) + lanes);
+  a.phase_pitch = round_up(phase_columns, lanes);
+  a.ring_rows = 1;
+  while (a.ring_rows < (2 * kSweepRows - 1) * g.stride_h + g.dil_h * (g.kernel_h - 1) + 1) a.ring_rows *= 2;
+  if (sweep_ring_size(a) * int64_t(sizeof(scalar_t)) > kSweepMaxRingBytes) return std::nullopt;
+  // Enough work items for every thread to get several (a band restarts the ring: a few rows copied twice).
+  const int64_t wanted = 4 * at::get_num_threads();
+  a.bands = g.planes >= wanted ? 1 : std::min(g.out_h, (wanted + g.planes - 1) / g.planes);
+  return a;
+#else
+  return std::nullopt;
+#endif
+}
+
+template <typename scalar_t, bool kMax>
+void run_window_sweep(const SweepArgs<scalar_t>& a) {
+  const PoolGeometry& g = *a.g;
+  const int64_t band_rows = (g.out_h + a.bands - 1) / a.bands;
+  at::parallel_for(0, g.planes * a.bands, grain_for(band_rows * g.out_w * g.kernel_h * g.kernel_w),
+                   [&](int64_t i0, int64_t i1) {
+    // Filled with the pooling's neutral value, which the row past the ring and every padding column of
+    // the ring's rows keep: copies write only the input's columns.
+    const scalar_t fill = kMax ? -std::numeric_limits<scalar_t>::infinity() : scalar_t(0);
+    std::vector<scalar_t> ring_storage(sweep_ring_size(a) + 64 / sizeof(scalar_t), fill);
+    scalar_t* ring = align_64(ring_storage.data());
+    if constexpr (kMax) FASTCONV_POOL_RUN(max_values_sweep<scalar_t>, a, i0, i1, ring);
+    else FASTCONV_POOL_RUN(avg_sweep<scalar_t>, a, i0, i1, ring);
+  });
+}
+
 template <typename scalar_t>
 void max_pool_values_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+  if (const auto sweep = sweep_args<scalar_t>(g, nullptr, in, out)) return run_window_sweep<scalar_t, true>(*sweep);
   const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, static_cast<int64_t*>(nullptr));
   at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
     FASTCONV_POOL_RUN(max_pool_rows_values<scalar_t>, args, r0, r1);
@@ -374,6 +447,8 @@ void max_pool_values_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t*
 template <typename scalar_t>
 void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const scalar_t* in, scalar_t* out) {
   const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
+  if (const auto sweep = sweep_args<scalar_t>(g, divisors.data(), in, out))
+    return run_window_sweep<scalar_t, false>(*sweep);
   const AvgPoolArgs<scalar_t> args{&g, divisors.data(),
                                    interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1), in, out};
   at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
