@@ -207,7 +207,7 @@ struct SweepArgs {
   bool padded;          // input rows go through a ring of padded copies (else they are read in place)
   int64_t phase_pitch;  // elements per phase of a padded row (stride 2: two phases, even and odd columns), a
                         // multiple of the vector lanes
-  int64_t ring_rows;    // padded rows in the ring (a power of two): at least the input rows of 2 * kSweepRows windows
+  int64_t ring_rows;    // padded rows in the ring (a power of two): the input rows of 2 * kSweepRows windows, or all
 };
 
 template <typename scalar_t>
@@ -407,8 +407,10 @@ std::optional<SweepArgs<scalar_t>> sweep_args(const PoolGeometry& g, const scala
   // Whole vectors from every block start below out_w, and the one after, stay inside a phase.
   const int64_t phase_columns = std::max((padded_w + g.stride_w - 1) / g.stride_w, round_up(g.out_w, lanes) + lanes);
   a.phase_pitch = round_up(phase_columns, lanes);
+  // (A plane of fewer rows, 1-D pooling's single row for one, fits whole.)
+  const int64_t ring_needs = std::min((2 * kSweepRows - 1) * g.stride_h + g.dil_h * (g.kernel_h - 1) + 1, g.in_h);
   a.ring_rows = 1;
-  while (a.ring_rows < (2 * kSweepRows - 1) * g.stride_h + g.dil_h * (g.kernel_h - 1) + 1) a.ring_rows *= 2;
+  while (a.ring_rows < ring_needs) a.ring_rows *= 2;
   if (sweep_ring_size(a) * int64_t(sizeof(scalar_t)) > kSweepMaxRingBytes) return std::nullopt;
   // Enough work items for every thread to get several (a band restarts the ring: a few rows copied twice).
   const int64_t wanted = 4 * at::get_num_threads();
