@@ -223,7 +223,8 @@ struct AvgBackwardArgs {
   const PoolGeometry* g;
   ReadersView readers_h;
   OutputRange interior;
-  const scalar_t* scaled_grad_out;  // grad_output already divided by each window's divisor
+  const scalar_t* scaled_grad_out;  // grad_output, divided by each window's divisor unless `divisors` is set
+  const scalar_t* divisors;         // non-null: each term is divided here by its cell's divisor (out_h * out_w)
   scalar_t* grad_in;
 };
 
@@ -668,14 +669,20 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   at::Tensor grad_input = empty_output(input.sizes(), input.options());
   if (g.planes == 0) return grad_input;
   const at::Tensor grad_output_c = grad_output.contiguous();
-  at::Tensor scaled = at::empty(grad_output_c.sizes(), grad_output_c.options());
+  // Windows side by side along W (stride = kernel > 1, DenseNet's 2x2/2): an element has at most one term
+  // per output row, so the kernel divides each term as it reads it (the quotient torch adds) instead of
+  // writing a divided copy of grad_output first and reading it back.
+  const bool divide_in_kernel = g.stride_w == g.kernel_w && g.stride_w > 1;
+  at::Tensor scaled = divide_in_kernel ? grad_output_c : at::empty(grad_output_c.sizes(), grad_output_c.options());
   const AxisReaders readers_h = AxisReaders::windowed(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, 1);
   const OutputRange interior = interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
     const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
-    scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(),
-                                [&](scalar_t go, int64_t oh, int64_t ow) { return go / divisors[oh * g.out_w + ow]; });
+    if (!divide_in_kernel)
+      scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(),
+                                  [&](scalar_t go, int64_t oh, int64_t ow) { return go / divisors[oh * g.out_w + ow]; });
     const AvgBackwardArgs<scalar_t> args{&g, ReadersView(readers_h), interior, scaled.const_data_ptr<scalar_t>(),
+                                         divide_in_kernel ? divisors.data() : nullptr,
                                          grad_input.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, g.planes * g.in_h, grain_for(g.out_w * g.kernel_w * 2), [&](int64_t r0, int64_t r1) {
       FASTCONV_POOL_RUN(avg_pool_backward_rows<scalar_t>, args, r0, r1);
