@@ -145,7 +145,8 @@ def test_max_pool_stride_4_on_long_rows(kernel, padding, dilation, dtype):
 
 # Windows of the row sweep (max pooling without indices, average pooling): copied padded rows, aligned
 # 2x2 / 3x3 / 1-D windows, other windows, rows read in place; rows that are not a whole number of vectors,
-# groups of fewer than four rows, planes split into bands (two threads, few planes), ceil mode.
+# groups of fewer than four rows, planes split into bands (two threads, few planes), ceil mode. The same
+# windows with indices check the row kernels on long rows, ties and windows of -inf.
 SWEEP_WINDOWS_2D = [
     # kernel, stride, padding, dilation, ceil_mode
     (3, 1, 1, 1, False), (3, 2, 1, 1, False), (3, 2, 1, 1, True), (2, 2, 1, 1, False), (2, 1, 1, 1, True),
@@ -166,25 +167,32 @@ def test_row_sweep_matches_torch_bitwise(dims, dtype):
     ops_ = ((FC.max_pool2d, F.max_pool2d, FC.avg_pool2d, F.avg_pool2d) if dims == 2
             else (FC.max_pool1d, F.max_pool1d, FC.avg_pool1d, F.avg_pool1d))
     checked = 0
-    for shape, (k, s, p, d, ceil), threads, special in itertools.product(shapes, windows, (1, 2), (False, True)):
+    for shape, (k, s, p, d, ceil), threads, data in itertools.product(shapes, windows, (1, 2), ("plain", "special", "ties")):
         x = torch.randn(shape, dtype=dtype)
-        if special:  # NaNs and infinities: max pooling's quick form hands such rows to torch's full rule
+        if data == "special":  # NaNs and infinities: max pooling's quick form hands such rows to torch's full rule
             x.view(-1)[::29] = float("nan")
             x.view(-1)[3::31] = float("inf")
             x.view(-1)[5::37] = float("-inf")
+        elif data == "ties":  # few distinct values: which tap's index torch reports
+            x = (x * 1.5).round()
+            x[..., :3] = float("-inf")
         torch.set_num_threads(threads)
         with torch.no_grad():
             max_ours, max_ref = ops_[0](x, k, s, p, d, ceil), ops_[1](x, k, s, p, d, ceil)
             assert max_ours.shape == max_ref.shape
             assert torch.equal(max_ours.nan_to_num(7.0), max_ref.nan_to_num(7.0)), (shape, k, s, p, d, ceil)
             assert torch.equal(max_ours.isnan(), max_ref.isnan())
+            # With indices (the row kernels: long rows, ties, windows of -inf).
+            (max_ours, idx_ours), (_, idx_ref) = ops_[0](x, k, s, p, d, ceil, True), ops_[1](x, k, s, p, d, ceil, True)
+            assert torch.equal(idx_ours, idx_ref), (shape, k, s, p, d, ceil, data)
+            assert torch.equal(max_ours.nan_to_num(7.0), max_ref.nan_to_num(7.0))
             if d == 1:
                 for include_pad in (True, False):
                     avg_ours = ops_[2](x, k, s, p, ceil, include_pad)
                     avg_ref = ops_[3](x, k, s, p, ceil, include_pad)
                     assert torch.equal(avg_ours.nan_to_num(7.0), avg_ref.nan_to_num(7.0)), (shape, k, s, p, ceil)
         checked += 1
-    assert checked == len(shapes) * len(windows) * 4
+    assert checked == len(shapes) * len(windows) * 6
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
