@@ -15,13 +15,12 @@
 // thread (the owner of its plane for max pooling, of its row for average pooling), which adds its terms
 // in ascending output order: the order of torch's sequential scatter, so the sums are bitwise the same.
 #include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <limits>
-#include <numeric>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -223,8 +222,8 @@ struct AvgBackwardArgs {
   const PoolGeometry* g;
   ReadersView readers_h;
   OutputRange interior;
-  const scalar_t* scaled_grad_out;  // grad_output, divided by each window's divisor unless `divisors` is set
-  const scalar_t* divisors;         // non-null: each term is divided here by its cell's divisor (out_h * out_w)
+  const scalar_t* grad_out;  // grad_output, already divided by each window's divisor unless `divisors` is set
+  const scalar_t* divisors;  // non-null: each term is divided here by its cell's divisor (out_h * out_w)
   scalar_t* grad_in;
 };
 
@@ -673,15 +672,15 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   // per output row, so the kernel divides each term as it reads it (the quotient torch adds) instead of
   // writing a divided copy of grad_output first and reading it back.
   const bool divide_in_kernel = g.stride_w == g.kernel_w && g.stride_w > 1;
-  at::Tensor scaled = divide_in_kernel ? grad_output_c : at::empty(grad_output_c.sizes(), grad_output_c.options());
+  const at::Tensor terms = divide_in_kernel ? grad_output_c : at::empty(grad_output_c.sizes(), grad_output_c.options());
   const AxisReaders readers_h = AxisReaders::windowed(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, 1);
   const OutputRange interior = interior_outputs(g.out_w, g.in_w, g.stride_w, g.pad_w, g.kernel_w - 1);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
     const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
     if (!divide_in_kernel)
-      scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), scaled.mutable_data_ptr<scalar_t>(),
+      scale_grad_output<scalar_t>(g, grad_output_c.const_data_ptr<scalar_t>(), terms.mutable_data_ptr<scalar_t>(),
                                   [&](scalar_t go, int64_t oh, int64_t ow) { return go / divisors[oh * g.out_w + ow]; });
-    const AvgBackwardArgs<scalar_t> args{&g, ReadersView(readers_h), interior, scaled.const_data_ptr<scalar_t>(),
+    const AvgBackwardArgs<scalar_t> args{&g, ReadersView(readers_h), interior, terms.const_data_ptr<scalar_t>(),
                                          divide_in_kernel ? divisors.data() : nullptr,
                                          grad_input.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, g.planes * g.in_h, grain_for(g.out_w * g.kernel_w * 2), [&](int64_t r0, int64_t r1) {
@@ -754,7 +753,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
   const PoolGeometry g = check_adaptive_pool2d("adaptive_max_pool2d", input, output_size, /*max_pool=*/true);
   check_float_dtype("adaptive_max_pool2d", input, false);
   const std::vector<int64_t> sizes = pool_output_sizes(input, g);
-  const int64_t elements = std::accumulate(sizes.begin(), sizes.end(), int64_t(1), std::multiplies<int64_t>());
+  const int64_t elements = c10::multiply_integers(sizes);
   // When the output divides the input, the adaptive windows are those of max pooling with
   // kernel = stride = in / out and no padding, and so are the values, indices, ties and NaNs: use the
   // vectorised kernels.
