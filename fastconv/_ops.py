@@ -29,6 +29,8 @@ def _channels_last(t):
 
 def _conv2d_channels_last(input, weight):
     """The format of a 2-D convolution's output and gradients (csrc/common/conv_adapters.h)."""
+    if input.device.type == "cuda" and input.dtype == torch.float64:
+        return False  # torch's CUDA convolutions keep float64 contiguous
     return input.dim() == 4 and weight.dim() == 4 and (_channels_last(input) or _channels_last(weight))
 
 

@@ -214,31 +214,38 @@ def _strides(t):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_conv_memory_formats_match_torch(algo):
     # torch on the same device gives the output and the input and weight gradients the channels-last
-    # format where the input or the weight suggests it; fastconv's CUDA ops must do the same.
+    # format where the input or the weight suggests it (on CUDA: not in float64); fastconv's CUDA ops and
+    # their fake kernels must do the same.
     cases = [((2, 16, 10, 9), (32, 16, 3, 3), 1, 1, 1), ((2, 16, 11, 12), (24, 16, 3, 3), 2, 1, 1),
              ((2, 8, 9, 9), (16, 4, 3, 3), 1, 1, 2), ((2, 8, 9, 9), (8, 1, 3, 3), 1, 1, 8),
              ((2, 16, 7, 7), (32, 16, 1, 1), 2, 0, 1)]
     channels_last = torch.channels_last
     mismatches = []
-    for x_shape, w_shape, stride, padding, groups in cases:
+    for dtype, (x_shape, w_shape, stride, padding, groups) in itertools.product((torch.float64, torch.float32), cases):
         for x_cl, w_cl in itertools.product((False, True), repeat=2):
-            x, w, b = randn(*x_shape), randn(*w_shape), randn(w_shape[0])
+            x, w, b = randn(*x_shape, dtype=dtype), randn(*w_shape, dtype=dtype), randn(w_shape[0], dtype=dtype)
             x = x.contiguous(memory_format=channels_last) if x_cl else x
             w = w.contiguous(memory_format=channels_last) if w_cl else w
             args = ([stride] * 2, [padding] * 2, [1, 1], groups)
             out = ops.conv2d(x, w, b, *args, algo)
             ref = F.conv2d(x, w, b, stride, padding, 1, groups)
-            assert_close_scaled(out, ref, tolerance(torch.float64))
+            assert_close_scaled(out, ref, tolerance(dtype))
             grad = torch.randn_like(ref)
             gi, gw, _ = ops.conv2d_backward(grad, x, w, *args, [True, True, False], algo)
             ref_gi, ref_gw, _ = torch.ops.aten.convolution_backward(grad, x, w, None, *args[:3], False, [0, 0],
                                                                      groups, [True, True, False])
-            assert_close_scaled(gi, ref_gi, tolerance(torch.float64))
-            assert_close_scaled(gw, ref_gw, tolerance(torch.float64))
+            assert_close_scaled(gi, ref_gi, tolerance(dtype))
+            assert_close_scaled(gw, ref_gw, tolerance(dtype))
             for name, ours, theirs in (("out", out, ref), ("grad_input", gi, ref_gi), ("grad_weight", gw, ref_gw)):
                 if _strides(ours) != _strides(theirs):
-                    mismatches.append((x_shape, w_shape, x_cl, w_cl, name, ours.stride(), theirs.stride()))
+                    mismatches.append((dtype, x_shape, w_shape, x_cl, w_cl, name, ours.stride(), theirs.stride()))
     assert not mismatches, mismatches
+    for dtype in (torch.float64, torch.float32):
+        x = randn(2, 16, 10, 9, dtype=dtype).contiguous(memory_format=channels_last)
+        w = randn(32, 16, 3, 3, dtype=dtype)
+        torch.library.opcheck(ops.conv2d, (x, w, None, [1, 1], [1, 1], [1, 1], 1, algo))
+        torch.library.opcheck(ops.conv2d_backward,
+                              (randn(2, 32, 10, 9, dtype=dtype), x, w, [1, 1], [1, 1], [1, 1], 1, [True, True, True], algo))
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -79,10 +79,12 @@ inline ConvAlgo parse_conv_algo(const char* op, const std::string& algo, const C
 using ConvGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The memory format of a 2-D convolution's output and of its input and weight gradients, as torch chooses
-// it: channels-last where the input or the weight suggests that format, contiguous otherwise.
+// it: channels-last where the input or the weight suggests that format, contiguous otherwise; on CUDA,
+// float64 is always contiguous (torch's CUDA convolutions have no channels-last float64 path).
 inline at::MemoryFormat conv2d_memory_format(const at::Tensor& input, const at::Tensor& weight) {
   constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
-  const bool channels_last = input.dim() == 4 && weight.dim() == 4 &&
+  const bool cuda_double = input.is_cuda() && input.scalar_type() == at::kDouble;
+  const bool channels_last = input.dim() == 4 && weight.dim() == 4 && !cuda_double &&
                              (input.suggest_memory_format() == kChannelsLast ||
                               weight.suggest_memory_format() == kChannelsLast);
   return channels_last ? kChannelsLast : at::MemoryFormat::Contiguous;
