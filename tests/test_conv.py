@@ -542,13 +542,15 @@ def test_im2col_merges_small_planes_across_images(groups):
 def test_strided_pointwise_weight_gradient_under_a_workspace_cap(monkeypatch):
     # A strided 1x1 layer's weight gradient by dot products reads a compact copy of the pixels it uses
     # (here 24 x 23 = 552 of them per image); a cap of two images' copies makes it go two images at a
-    # time, the last chunk one image, summed into the same weight gradient.
+    # time, the last chunk one image, summed into the same weight gradient. Under that cap the forward
+    # reads the input itself instead of a compact copy of all five images.
     x, w, b = _make((5, 5, 47, 45), (7, 5, 1, 1), 7, True, torch.float64)
     ref = F.conv2d(x, w, b, stride=2)
     grad_out = torch.randn_like(ref)
     want = torch.autograd.grad(ref, (x, w, b), grad_out)
     args = (x, w, [2, 2], [0, 0], [1, 1], 1, "im2col")
     unbounded = torch.ops.fastconv.conv2d_workspace_bytes(*args)
+    assert unbounded >= 5 * 5 * 24 * 23 * 8  # the forward's compact copy of every image's picked pixels
     monkeypatch.setenv("FASTCONV_IM2COL_WORKSPACE_BYTES", str(2 * 5 * 24 * 23 * 8))
     assert torch.ops.fastconv.conv2d_workspace_bytes(*args) < unbounded
     out = FC.conv2d(x, w, b, stride=2, algo="im2col")

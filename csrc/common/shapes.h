@@ -56,10 +56,33 @@ struct ConvGeometry {
   bool is_pointwise_unit() const {
     return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
   }
+  // A 1x1 unpadded layer with a stride (ResNet's downsampling shortcuts): it reads only the input pixels
+  // (oh * stride_h, ow * stride_w), and is the stride-1 layer (picked_pointwise_geometry) on those alone.
+  bool is_strided_pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && pad_h == 0 && pad_w == 0 && !is_pointwise_unit();
+  }
   // torch's output shape: a zero-channel input gives a zero-channel output, whatever the weight.
   int64_t output_channels() const { return in_channels == 0 ? 0 : out_channels; }
   std::vector<int64_t> output_sizes() const { return {batch, output_channels(), out_h, out_w}; }
 };
+
+// The stride-1 1x1 layer on the pixels a strided one reads: the same channels, an out_h x out_w input.
+inline ConvGeometry picked_pointwise_geometry(const ConvGeometry& g) {
+  ConvGeometry p = g;
+  p.in_h = g.out_h;
+  p.in_w = g.out_w;
+  p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
+  return p;
+}
+
+// The pixels a strided 1x1 layer reads, of `images` (its input, or some of its images), copied compact in
+// the given memory format.
+inline at::Tensor picked_pointwise_pixels(const ConvGeometry& g, const at::Tensor& images,
+                                          at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  return images.slice(2, 0, (g.out_h - 1) * g.stride_h + 1, g.stride_h)
+      .slice(3, 0, (g.out_w - 1) * g.stride_w + 1, g.stride_w)
+      .contiguous(format);
+}
 
 // Sizes of a parameter list must match the number of spatial dims (torch accepts exactly that).
 inline void check_param_list(const char* op, const char* name, c10::IntArrayRef values, int64_t spatial_dims) {

@@ -176,21 +176,6 @@ int64_t images_per_forward_gemm(const ConvGeometry& g, int64_t element_size) {
   return std::clamp<int64_t>(std::min(by_columns, by_bytes), 1, g.batch);
 }
 
-// A 1x1 unpadded layer with a stride (ResNet's downsampling shortcuts): it reads only the input pixels
-// (oh * stride_h, ow * stride_w). Its weight gradient is that of the stride-1 layer on those pixels alone.
-bool is_strided_pointwise(const ConvGeometry& g) {
-  return g.kernel_h == 1 && g.kernel_w == 1 && g.pad_h == 0 && g.pad_w == 0 && !g.is_pointwise_unit();
-}
-
-// The stride-1 1x1 layer on the pixels a strided one reads: the same channels, an out_h x out_w input.
-ConvGeometry picked_pointwise_geometry(const ConvGeometry& g) {
-  ConvGeometry p = g;
-  p.in_h = g.out_h;
-  p.in_w = g.out_w;
-  p.stride_h = p.stride_w = p.dil_h = p.dil_w = 1;
-  return p;
-}
-
 // A strided 1x1 layer's input gradient as a problem over dY (see strided_pointwise_grad_input): the
 // picked stride-1 layer with input and output channels swapped.
 ConvGeometry pointwise_grad_input_geometry(const ConvGeometry& g) {
@@ -199,8 +184,8 @@ ConvGeometry pointwise_grad_input_geometry(const ConvGeometry& g) {
   return t;
 }
 
-// The input gradient of a strided 1x1 layer (see is_strided_pointwise): dX is zero except at the pixels
-// the layer reads, which hold W^T dY. Small output planes (ResNet's 14x14 -> 7x7 shortcut) merge images
+// The input gradient of a strided 1x1 layer (ConvGeometry::is_strided_pointwise): dX is zero except at
+// the pixels the layer reads, which hold W^T dY. Small output planes (ResNet's 14x14 -> 7x7 shortcut) merge images
 // into one GEMM as the forward does, its columns packed straight from dY (a 1x1 stride-1 problem over dY,
 // whose input channels are the layer's outputs), and the result is spread over the zeroed gradient.
 // One GEMM per image packed the weight 8 times at batch 8 (layer4.0's 256 -> 512 shortcut, input and
@@ -329,10 +314,7 @@ at::Tensor pointwise_grad_weight_by_dots(const ConvGeometry& g, const at::Tensor
   for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
     p.batch = std::min(chunk, g.batch - n0);
     const at::Tensor images = input.narrow(0, n0, p.batch);
-    const at::Tensor picked = strided ? images.slice(2, 0, (g.out_h - 1) * g.stride_h + 1, g.stride_h)
-                                            .slice(3, 0, (g.out_w - 1) * g.stride_w + 1, g.stride_w)
-                                            .contiguous()
-                                      : images;
+    const at::Tensor picked = strided ? picked_pointwise_pixels(g, images) : images;
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "pointwise_grad_weight", [&] {
       pointwise_grad_weight<scalar_t>(p, grad_output.const_data_ptr<scalar_t>() + n0 * g.out_channels * g.out_h * g.out_w,
                                       picked.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(),
@@ -365,7 +347,7 @@ int64_t im2col_workspace_bytes(const ConvGeometry& g, int64_t element_size) {
   if (!g.is_pointwise_unit()) backward += g.col_rows() * rows_per_block(g, element_size) * g.out_w * element_size;
   // A strided 1x1 layer's weight gradient by dot products reads a compact copy of the pixels it uses; its
   // input gradient stages the merged images' products (strided_pointwise_grad_input).
-  if (is_strided_pointwise(g)) {
+  if (g.is_strided_pointwise()) {
     if (pointwise_weight_by_dots(picked_pointwise_geometry(g)))
       backward = std::max(backward, images_per_picked_copy(g, element_size) * g.in_channels * out_plane * element_size);
     const int64_t cin_g = g.in_channels_per_group();
@@ -424,10 +406,10 @@ ConvGrads im2col_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
                                  const at::Tensor& weight, std::array<bool, 3> output_mask) {
   const bool need_input = output_mask[0];
   const bool weight_by_dots =
-      output_mask[1] && (g.is_pointwise_unit() || is_strided_pointwise(g)) &&
+      output_mask[1] && (g.is_pointwise_unit() || g.is_strided_pointwise()) &&
       pointwise_weight_by_dots(picked_pointwise_geometry(g));
   const bool need_weight = output_mask[1] && !weight_by_dots;  // by the GEMMs below
-  const bool input_merged = need_input && is_strided_pointwise(g);
+  const bool input_merged = need_input && g.is_strided_pointwise();
   const bool need_input_here = need_input && !input_merged;  // by the GEMMs below
   // A 1x1 stride-1 layer's input gradient is written whole by its products; col2im adds into zeros.
   at::Tensor grad_input = !need_input             ? at::Tensor()
