@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fastconv import functional as FC
+import memory_formats
 
 ALGOS = ["im2col", "direct", "auto"]
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -284,23 +285,16 @@ def test_opcheck(algo):
     )
 
 
-def _strides(t):
-    """The strides that matter: those of dims longer than 1 (torch gives the others any value)."""
-    return tuple(stride for stride, size in zip(t.stride(), t.shape) if size > 1)
-
-
 @pytest.mark.parametrize("algo", ALGOS)
 def test_channels_last_formats_match_torch(algo):
     # torch gives a 2-D convolution's output and its input and weight gradients the channels-last format
     # where the input or the weight suggests it: dense, strided, grouped, depthwise and 1x1 layers, in
     # float32 (the blocked kernel writes channels-last tiles directly) and float64.
-    cases = [((2, 16, 10, 9), (32, 16, 3, 3), 1, 1, 1), ((2, 16, 11, 12), (24, 16, 3, 3), 2, 1, 1),
-             ((2, 8, 9, 9), (16, 4, 3, 3), 1, 1, 2), ((2, 8, 9, 9), (8, 1, 3, 3), 1, 1, 8),
-             ((2, 16, 7, 7), (32, 16, 1, 1), 2, 0, 1)]
     channels_last = torch.channels_last
+    _strides = memory_formats.strides_that_matter
     checked = 0
     for dtype in (torch.float32, torch.float64):
-        for x_shape, w_shape, stride, padding, groups in cases:
+        for x_shape, w_shape, stride, padding, groups in memory_formats.CONV_CASES:
             for x_cl, w_cl in ((True, False), (False, True), (True, True), (False, False)):
                 x = torch.randn(x_shape, dtype=dtype)
                 w = torch.randn(w_shape, dtype=dtype)

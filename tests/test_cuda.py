@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import fastconv
 import fastconv.functional as FC
+import memory_formats
 
 SIM = getattr(sys.modules.get("fastconv._C"), "CUDA_SIM", False)
 if not SIM and not torch.cuda.is_available():
@@ -206,22 +207,15 @@ def test_conv_layouts_and_batch_edge_cases(algo):
     assert gx.shape == empty.shape and gw.abs().sum() == 0 and gb.abs().sum() == 0
 
 
-def _strides(t):
-    """The strides that matter: those of dims longer than 1 (torch gives the others any value)."""
-    return tuple(stride for stride, size in zip(t.stride(), t.shape) if size > 1)
-
-
 @pytest.mark.parametrize("algo", ALGOS)
 def test_conv_memory_formats_match_torch(algo):
     # torch on the same device gives the output and the input and weight gradients the channels-last
     # format where the input or the weight suggests it (on CUDA: not in float64); fastconv's CUDA ops and
     # their fake kernels must do the same.
-    cases = [((2, 16, 10, 9), (32, 16, 3, 3), 1, 1, 1), ((2, 16, 11, 12), (24, 16, 3, 3), 2, 1, 1),
-             ((2, 8, 9, 9), (16, 4, 3, 3), 1, 1, 2), ((2, 8, 9, 9), (8, 1, 3, 3), 1, 1, 8),
-             ((2, 16, 7, 7), (32, 16, 1, 1), 2, 0, 1)]
     channels_last = torch.channels_last
     mismatches = []
-    for dtype, (x_shape, w_shape, stride, padding, groups) in itertools.product((torch.float64, torch.float32), cases):
+    for dtype, (x_shape, w_shape, stride, padding, groups) in itertools.product((torch.float64, torch.float32),
+                                                                                 memory_formats.CONV_CASES):
         for x_cl, w_cl in itertools.product((False, True), repeat=2):
             x, w, b = randn(*x_shape, dtype=dtype), randn(*w_shape, dtype=dtype), randn(w_shape[0], dtype=dtype)
             x = x.contiguous(memory_format=channels_last) if x_cl else x
@@ -237,7 +231,7 @@ def test_conv_memory_formats_match_torch(algo):
             assert_close_scaled(gi, ref_gi, tolerance(dtype))
             assert_close_scaled(gw, ref_gw, tolerance(dtype))
             for name, ours, theirs in (("out", out, ref), ("grad_input", gi, ref_gi), ("grad_weight", gw, ref_gw)):
-                if _strides(ours) != _strides(theirs):
+                if memory_formats.strides_that_matter(ours) != memory_formats.strides_that_matter(theirs):
                     mismatches.append((dtype, x_shape, w_shape, x_cl, w_cl, name, ours.stride(), theirs.stride()))
     assert not mismatches, mismatches
     for dtype in (torch.float64, torch.float32):
@@ -570,34 +564,23 @@ def test_pool_layouts_and_empty_batch():
     assert FC.adaptive_avg_pool2d(x, (0, 3)).shape == (2, 4, 0, 3)
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "permuted", "contiguous"])
+@pytest.mark.parametrize("layout", memory_formats.POOL_LAYOUTS)
 def test_pool_memory_formats_match_torch(layout):
     # Outputs, indices and input gradients in the input's (suggested) memory format, as torch gives them.
-    x = randn(2, 5, 9, 8)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "permuted":  # channels-last strides by a permutation, not by .contiguous()
-        x = randn(2, 9, 8, 5).permute(0, 3, 1, 2)
-    calls = [
-        ("max_pool2d", lambda f, t: f.max_pool2d(t, 3, 2, 1, return_indices=True)),
-        ("avg_pool2d", lambda f, t: f.avg_pool2d(t, 2)),
-        ("adaptive_avg_pool2d", lambda f, t: f.adaptive_avg_pool2d(t, (4, 3))),
-        ("adaptive_max_pool2d", lambda f, t: f.adaptive_max_pool2d(t, (3, 5), return_indices=True)),
-    ]
-    for name, call in calls:
+    x = memory_formats.pool_input(layout, randn)
+    strides = memory_formats.strides_that_matter
+    for name, call in memory_formats.POOL_CALLS:
         ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ours, theirs = call(FC, ours_x), call(F, theirs_x)
-        ours, theirs = (ours if isinstance(ours, tuple) else (ours,)), (theirs if isinstance(theirs, tuple) else (theirs,))
+        ours, theirs = memory_formats.as_tuple(call(FC, ours_x)), memory_formats.as_tuple(call(F, theirs_x))
         for a, b in zip(ours, theirs):
-            assert _strides(a) == _strides(b), (name, a.stride(), b.stride())
+            assert strides(a) == strides(b), (name, a.stride(), b.stride())
             assert_close_scaled(a, b, 1e-12)
         with torch.no_grad():  # max pooling without indices takes its own kernel
-            values = call(FC, x)
-            assert (values[0] if isinstance(values, tuple) else values).stride() == ours[0].stride(), name
+            assert memory_formats.as_tuple(call(FC, x))[0].stride() == ours[0].stride(), name
         grad = torch.randn_like(theirs[0])
         (grad_ours,) = torch.autograd.grad(ours[0], ours_x, grad)
         (grad_theirs,) = torch.autograd.grad(theirs[0], theirs_x, grad)
-        assert _strides(grad_ours) == _strides(grad_theirs), (name, grad_ours.stride(), grad_theirs.stride())
+        assert strides(grad_ours) == strides(grad_theirs), (name, grad_ours.stride(), grad_theirs.stride())
         assert_close_scaled(grad_ours, grad_theirs, 1e-12)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import fastconv
 from fastconv import functional as FC
+import memory_formats
 
 ops = torch.ops.fastconv
 DTYPES = [torch.float32, torch.float64]
@@ -600,30 +601,18 @@ def _memory_format(t):
     return "channels_last" if t.is_contiguous(memory_format=torch.channels_last) else "strided"
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "permuted", "contiguous"])
+@pytest.mark.parametrize("layout", memory_formats.POOL_LAYOUTS)
 def test_outputs_and_input_gradients_keep_torchs_memory_format(layout):
     # torch gives pooling outputs, indices and input gradients the input's (suggested) memory format.
-    x = torch.randn(2, 5, 9, 8, dtype=torch.float64)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "permuted":  # channels-last strides by a permutation, not by .contiguous()
-        x = torch.randn(2, 9, 8, 5, dtype=torch.float64).permute(0, 3, 1, 2)
-    calls = [
-        ("max_pool2d", lambda f, t: f.max_pool2d(t, 3, 2, 1, return_indices=True)),
-        ("avg_pool2d", lambda f, t: f.avg_pool2d(t, 2)),
-        ("adaptive_avg_pool2d", lambda f, t: f.adaptive_avg_pool2d(t, (4, 3))),
-        ("adaptive_max_pool2d", lambda f, t: f.adaptive_max_pool2d(t, (3, 5), return_indices=True)),
-    ]
-    for name, call in calls:
+    x = memory_formats.pool_input(layout, lambda *shape: torch.randn(*shape, dtype=torch.float64))
+    for name, call in memory_formats.POOL_CALLS:
         ours_x, theirs_x = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ours, theirs = call(FC, ours_x), call(F, theirs_x)
-        ours, theirs = (ours if isinstance(ours, tuple) else (ours,)), (theirs if isinstance(theirs, tuple) else (theirs,))
+        ours, theirs = memory_formats.as_tuple(call(FC, ours_x)), memory_formats.as_tuple(call(F, theirs_x))
         for a, b in zip(ours, theirs):
             assert a.stride() == b.stride(), (name, a.stride(), b.stride())
             torch.testing.assert_close(a, b)
         with torch.no_grad():  # the values-only max pooling
-            values = call(FC, x)
-            assert (values[0] if isinstance(values, tuple) else values).stride() == ours[0].stride()
+            assert memory_formats.as_tuple(call(FC, x))[0].stride() == ours[0].stride(), name
         # The backward ops themselves, called as autograd calls them.
         grad = torch.randn_like(ours[0])
         if name == "max_pool2d":
