@@ -777,6 +777,67 @@ def test_no_memory_growth_on_errors():
 
 
 # ----------------------------------------------------------------------------------------------
+# Outputs of 32 MiB and more: blocks released by earlier outputs are handed out again
+# ----------------------------------------------------------------------------------------------
+
+_REUSE_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, gc, json, sys, torch
+    import torch.nn.functional as F
+    import fastconv
+    from fastconv import functional as FC
+
+    def rss():
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    torch.manual_seed(0)
+    worst = 0.0
+    # The same sizes twice (the second round runs on blocks the first released), outputs written by the
+    # depthwise input gradient, average pooling and max pooling (values and indices); then more sizes.
+    sizes = [130, 136, 130, 136] + list(range(140, 172, 4))
+    base = None
+    for i, size in enumerate(sizes):
+        x = torch.randn(8, 64, size, size) * (i + 1)
+        w = torch.randn(64, 1, 3, 3)
+        go = torch.randn(8, 64, (size + 1) // 2, (size + 1) // 2)
+        gi = torch.ops.fastconv.conv2d_backward(go, x, w, [2, 2], [1, 1], [1, 1], 64, [True, False, False], "auto")[0]
+        want = torch.ops.aten.convolution_backward(go, x, w, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 64,
+                                                   [True, False, False])[0]
+        worst = max(worst, ((gi - want).abs().max() / want.abs().max()).item())
+        for ours, theirs in ((FC.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(x, 3, 1, 1)),
+                             (FC.max_pool2d(x, 3, 1, 1, return_indices=True)[1],
+                              F.max_pool2d(x, 3, 1, 1, return_indices=True)[1])):
+            assert torch.equal(ours, theirs), (size, "pooling")
+        del gi, want, ours, theirs, x, go
+        if i == 3:
+            base = rss()  # after the repeated sizes: what stays cached from here on is bounded
+    print(json.dumps(dict(worst=worst, grown=rss() - base)))
+    """
+)
+
+
+@pytest.mark.skipif(UNDER_ASAN, reason="resident memory is not measurable under AddressSanitizer")
+@pytest.mark.parametrize("limit", [0, 96 << 20, None], ids=["no-reuse", "96MiB", "default"])
+def test_large_outputs_reuse_blocks_within_the_limit(limit):
+    env = dict(os.environ)
+    env.pop("FASTCONV_REUSE_BYTES", None)
+    if limit is not None:
+        env["FASTCONV_REUSE_BYTES"] = str(limit)
+    proc = subprocess.run([sys.executable, "-c", _REUSE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["worst"] < 1e-5, r  # every reused block was written in full
+    # Eight more sizes of 36-60 MiB outputs went through: the cache keeps at most its limit of them.
+    bound = (512 << 20) if limit is None else limit
+    assert r["grown"] < bound + (24 << 20), r
+
+
+# ----------------------------------------------------------------------------------------------
 # Errors a user can act on: the message names the argument and the values
 # ----------------------------------------------------------------------------------------------
 
