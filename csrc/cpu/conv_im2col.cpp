@@ -185,9 +185,10 @@ ConvGeometry pointwise_grad_input_geometry(const ConvGeometry& g) {
 }
 
 // The input gradient of a strided 1x1 layer (ConvGeometry::is_strided_pointwise): dX is zero except at
-// the pixels the layer reads, which hold W^T dY. Small output planes (ResNet's 14x14 -> 7x7 shortcut) merge images
-// into one GEMM as the forward does, its columns packed straight from dY (a 1x1 stride-1 problem over dY,
-// whose input channels are the layer's outputs), and the result is spread over the zeroed gradient.
+// the pixels the layer reads, which hold W^T dY. Small output planes (ResNet's 14x14 -> 7x7 shortcut)
+// merge images into one GEMM as the forward does, its columns packed straight from dY (a 1x1 stride-1
+// problem over dY, whose input channels are the layer's outputs), and the result is spread over the
+// zeroed gradient.
 // One GEMM per image packed the weight 8 times at batch 8 (layer4.0's 256 -> 512 shortcut, input and
 // weight gradients together: 1.70 -> 1.37 ms).
 at::Tensor strided_pointwise_grad_input(const ConvGeometry& g, const at::Tensor& grad_output, const at::Tensor& weight) {

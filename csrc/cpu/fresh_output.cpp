@@ -4,8 +4,8 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 
+#include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -80,12 +80,6 @@ class ReusedBlocks final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
-  int64_t cached_bytes() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return cached_;
-  }
-  int64_t limit() const { return limit_; }
-
  private:
   static void release(void* block) {
     ReusedBlocks& self = instance();
@@ -122,8 +116,5 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   return at::detail::empty_generic(sizes, &ReusedBlocks::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()), options.memory_format_opt());
 }
-
-int64_t reused_block_bytes() { return ReusedBlocks::instance().cached_bytes(); }
-int64_t reused_block_limit_bytes() { return ReusedBlocks::instance().limit(); }
 
 }  // namespace fastconv::cpu

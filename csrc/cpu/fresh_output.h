@@ -20,8 +20,4 @@ constexpr int64_t kFreshPagesBytes = 32 << 20;
 // the cache keeps (default 512 MiB; 0 keeps none).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// The bytes the block cache holds now (released blocks waiting for reuse), and its bound.
-int64_t reused_block_bytes();
-int64_t reused_block_limit_bytes();
-
 }  // namespace fastconv::cpu
