@@ -315,7 +315,8 @@ class LoadMonitor:
 # depending on what fastconv had allocated and freed before it. Fixing both at the values a long-running
 # process settles at (32 MiB, glibc's ceiling for the moving threshold, and twice that) gives every
 # side the same allocator, whatever ran before; blocks of 32 MiB or more still come from mmap each call,
-# as in any program.
+# as in any program, except fastconv's CPU outputs of that size, which come from its own block cache
+# (csrc/cpu/fresh_output.cpp) as they would in any program that uses fastconv.
 MALLOC_MMAP_THRESHOLD = 32 << 20
 MALLOC_TRIM_THRESHOLD = 64 << 20
 
@@ -336,7 +337,8 @@ def steady_malloc():
     if not (mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD) and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)):
         return None
     return (f"glibc malloc thresholds fixed: mmap {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim "
-            f"{MALLOC_TRIM_THRESHOLD >> 20} MiB (the same allocator for every side, whatever ran before)")
+            f"{MALLOC_TRIM_THRESHOLD >> 20} MiB (the same allocator for every side, whatever ran before; "
+            f"fastconv's CPU outputs of 32 MiB or more come from its block cache)")
 
 
 def _memory_gib():
