@@ -3,6 +3,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -108,9 +109,7 @@ class ReusedBlocks final : public c10::Allocator {
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t elements = 1;
-  for (const int64_t s : sizes) elements *= s;
-  const int64_t bytes = elements * int64_t(options.dtype().itemsize());
+  const int64_t bytes = c10::multiply_integers(sizes) * int64_t(options.dtype().itemsize());
   if (bytes < kFreshPagesBytes || options.device().type() != c10::DeviceType::CPU)
     return at::empty(sizes, options);
   return at::detail::empty_generic(sizes, &ReusedBlocks::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
