@@ -502,11 +502,12 @@ for dtype in (torch.float32, torch.float64):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0],
                                rtol=1e-4, atol=1e-4)
-    # Depthwise on small planes: channel blocks, the last one partial, stride 1 and 2.
-    for stride in (1, 2):
+    # Depthwise on small planes: flat planes (stride 1, 3x3 and 5x5), channel blocks (the last one partial,
+    # stride 2, a padding past the kernel's half).
+    for stride, k, p in ((1, 3, 1), (1, 5, 2), (2, 3, 1), (1, 3, 2)):
         x = torch.randn(2, 20, 14, 13, dtype=dtype, requires_grad=True)
-        w = torch.randn(20, 1, 3, 3, dtype=dtype, requires_grad=True)
-        out, ref = FC.conv2d(x, w, None, stride, 1, 1, 20, algo="direct"), F.conv2d(x, w, None, stride, 1, 1, 20)
+        w = torch.randn(20, 1, k, k, dtype=dtype, requires_grad=True)
+        out, ref = FC.conv2d(x, w, None, stride, p, 1, 20, algo="direct"), F.conv2d(x, w, None, stride, p, 1, 20)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -618,7 +619,7 @@ def test_direct_forward_of_a_large_aligned_output():
 # past the kernel's reach (at stride 1 the input gradient then takes the plane kernels), a 1-row plane, and
 # planes of several strips of rows (each strip's rows rebuilt, the padding rows zeroed again).
 DEPTHWISE_BLOCK_CASES = [
-    (3, 20, 14, 14, 3, 1, 1, 1),
+    (3, 20, 14, 14, 3, 1, 2, 1),
     (2, 20, 100, 90, 3, 1, 1, 1),
     (1, 17, 101, 70, 5, 3, 2, 2),
     (2, 24, 150, 40, (7, 3), (2, 1), (3, 1), 1),
@@ -632,7 +633,7 @@ DEPTHWISE_BLOCK_CASES = [
     (2, 32, 7, 7, 3, 1, 3, 1),
     (2, 48, 6, 6, 3, 3, 0, 1),
     (2, 24, 1, 50, (1, 7), (1, 2), (0, 3), 1),
-    (1, 16, 10, 10, 3, 1, 1, 1),
+    (1, 16, 10, 10, 3, 1, 0, 1),
 ]
 
 
@@ -653,7 +654,7 @@ def test_depthwise_channel_blocks(case, dtype):
 # a vector of floats, row counts that are not a multiple of four, odd widths, paddings from none to the
 # kernel's reach, and wide rows of whole vectors.
 DEPTHWISE_NCHW_CASES = [
-    (2, 5, 14, 14, 3, 1, 1),
+    (2, 5, 14, 16, 3, 1, 0),
     (2, 3, 20, 33, 3, 1, 0),
     (1, 4, 17, 16, 3, 1, 2),
     (2, 3, 9, 47, 5, 1, 2),
@@ -674,6 +675,48 @@ def test_depthwise_nchw_planes(case, dtype):
     x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
     _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, 1, c, algo="direct"),
                          lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
+
+
+# (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at
+# most 28 pixels, whose forward and input gradient run on flat planes (vectors of pixels across row ends):
+# planes of exactly a vector of floats, planes whose last vector overlaps the one before, one-pixel rows
+# and one-row planes (every column tap off the row), kernels wider than the plane, and small planes
+# where the last planes of the tensor are read from a copy.
+DEPTHWISE_FLAT_CASES = [
+    (2, 3, 4, 4, 3),
+    (3, 5, 7, 7, 3),
+    (2, 4, 13, 11, 3),
+    (2, 3, 3, 20, 3),
+    (1, 2, 20, 3, 5),
+    (2, 3, 28, 28, 5),
+    (2, 2, 17, 1, 3),
+    (1, 3, 1, 28, 3),
+    (2, 3, 5, 5, 5),
+    (1, 6, 14, 14, 3),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_FLAT_CASES)
+def test_depthwise_flat_planes(case, dtype):
+    n, c, h, w_, k = case
+    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, 1, (k - 1) // 2, 1, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, 1, (k - 1) // 2, 1, c), (x, w, b), TOL[dtype])
+
+
+def test_depthwise_flat_planes_stream_large_outputs():
+    # 48 x 960 x 7 x 7 float32 (9 MB): each output and input-gradient plane is staged and written past the
+    # caches; a non-finite input stays in its own pixels' outputs (the planes around it are read in place).
+    x = torch.randn(48, 960, 7, 7)
+    x[5, 7, 0, 0] = float("inf")
+    x = x.requires_grad_()
+    w = torch.randn(960, 1, 3, 3, requires_grad=True)
+    out, ref = FC.conv2d(x, w, None, 1, 1, 1, 960, algo="direct"), F.conv2d(x, w, None, 1, 1, 1, 960)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    grad_out = torch.randn_like(ref)
+    (got,), (want,) = torch.autograd.grad(out, [x], grad_out), torch.autograd.grad(ref, [x], grad_out)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
 def test_depthwise_channel_blocks_threads_agree_bitwise():

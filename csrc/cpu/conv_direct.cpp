@@ -55,8 +55,10 @@ namespace {
 #define FASTCONV_ISA_NS planes_avx512
 #define FASTCONV_ISA_TARGET \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define FASTCONV_ISA_AVX512 1
 #include "cpu/conv_planes.inc"
 #include "cpu/conv_depthwise.inc"
+#undef FASTCONV_ISA_AVX512
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
 #define FASTCONV_ISA_NS planes_avx2
@@ -610,6 +612,119 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
                         static_cast<const scalar_t*>(nullptr), gi);
 }
 
+// ---- Depthwise layers on flat planes (conv_depthwise.inc, depthwise_flat_*) ------------------------------
+
+// Whether the forward and input gradient of a depthwise layer run on flat planes: square 3x3 or 5x5
+// kernels, undilated, stride 1, the padding (k - 1) / 2 (the output, the input and their gradients then
+// all have the same plane shape), planes of at least a vector and rows of at most kFlatMaxWidth pixels.
+// (Their weight gradient stays in channel blocks: per tap, a flat vector needs a lane shift and a mask
+// on top of the multiply-add, and took 1.1-1.9x as long.)
+bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
+  const int64_t k = g.kernel_h;
+  if (!(g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1)) return false;
+  if (g.kernel_w != k || (k != 3 && k != 5) || g.dil_h != 1 || g.dil_w != 1) return false;
+  if (g.stride_h != 1 || g.stride_w != 1 || g.pad_h != (k - 1) / 2 || g.pad_w != (k - 1) / 2) return false;
+  return g.in_h * g.in_w >= 64 / element_size && g.in_w <= planes_baseline::kFlatMaxWidth;
+}
+
+// The lane masks of the kernels: all bits set, or none, in an integer of the element's size.
+template <typename scalar_t>
+using FlatMask = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+
+// The masks depthwise_flat_correlate reads: for each kernel column j of a k x k kernel, `pitch` lanes,
+// lane t set where column t % w plus j - (k - 1) / 2 is inside a row of w pixels; then the plane's n
+// elements set with kFlatReach clear lanes on either side (clear_outside_plane's window).
+template <typename scalar_t>
+std::vector<FlatMask<scalar_t>> depthwise_flat_masks(int64_t k, int64_t w, int64_t n, int64_t pitch) {
+  constexpr int64_t reach = planes_baseline::kFlatReach;
+  const FlatMask<scalar_t> set = -1;
+  std::vector<FlatMask<scalar_t>> masks(k * pitch + n + 2 * reach, 0);
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t t = 0, column = 0; t < pitch; ++t, column = column + 1 == w ? 0 : column + 1) {
+      const int64_t read = column + j - (k - 1) / 2;
+      if (read >= 0 && read < w) masks[j * pitch + t] = set;
+    }
+  std::fill_n(masks.begin() + k * pitch + reach, n, set);
+  return masks;
+}
+
+// Where the flat kernels read plane p of `planes` h x w planes: in place, or where that would reach
+// outside the tensor (the first and last planes), a copy in `scratch` (depthwise_flat_scratch_elements of
+// it; what it holds around the copy is cleared after loading).
+template <typename scalar_t>
+const scalar_t* depthwise_flat_source(const scalar_t* src, int64_t p, int64_t planes, int64_t k, int64_t h,
+                                      int64_t w, scalar_t* scratch) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t n = h * w, before = (k / 2) * (w + 1), after = before + 2 * L;
+  const scalar_t* plane = src + p * n;
+  if (p * n >= before && (planes - p) * n >= n + after) return plane;
+  scalar_t* copy = scratch + before;
+  std::copy(plane, plane + n, copy);
+  return copy;
+}
+
+int64_t depthwise_flat_scratch_elements(int64_t k, int64_t h, int64_t w, int64_t lanes) {
+  return 2 * (k / 2) * (w + 1) + h * w + 2 * lanes;
+}
+
+// One thread's scratch: the copy of a plane and, where the output is streamed, a staging plane.
+int64_t depthwise_flat_workspace_elements(const ConvGeometry& g, int64_t element_size) {
+  if (!depthwise_flat_applies(g, element_size)) return 0;
+  const int64_t plane = g.in_h * g.in_w;
+  return depthwise_flat_scratch_elements(g.kernel_h, g.in_h, g.in_w, 64 / element_size) +
+         streamed_plane_elements(g.batch * g.in_channels, plane, element_size);
+}
+
+// out (N, C, h, w) = the correlation of each source plane (N, C, h, w) with its channel's taps w (C, k, k),
+// from the channel's bias (null: zero); one plane per work item.
+template <typename scalar_t>
+void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const scalar_t* w, const scalar_t* bias,
+                           scalar_t* out) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
+  const int64_t channels = g.in_channels, planes = g.batch * channels;
+  const int64_t pitch = width + planes_baseline::kFlatVectors * L;
+  const std::vector<FlatMask<scalar_t>> masks = depthwise_flat_masks<scalar_t>(k, width, n, pitch);
+  const FlatMask<scalar_t>* window = masks.data() + k * pitch;
+  // Outputs of 8-32 MiB are staged a plane at a time and streamed out (streams_output).
+  const int64_t compact = streamed_plane_elements(planes, n, sizeof(scalar_t));
+  const int64_t scratch_elements = depthwise_flat_scratch_elements(k, h, width, L);
+  at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> scratch(scratch_elements + compact);
+    scalar_t* staged = compact > 0 ? scratch.data() + scratch_elements : nullptr;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % channels;
+      const scalar_t* plane = depthwise_flat_source(src, p, planes, k, h, width, scratch.data());
+      const scalar_t start = bias ? bias[c] : scalar_t(0);
+      scalar_t* dst = staged ? staged : out + p * n;
+      if (k == 3)
+        FASTCONV_CALL_PLANES(
+            depthwise_flat_correlate<3, scalar_t>(plane, h, width, window, masks.data(), w + c * taps, start, dst));
+      else
+        FASTCONV_CALL_PLANES(
+            depthwise_flat_correlate<5, scalar_t>(plane, h, width, window, masks.data(), w + c * taps, start, dst));
+      if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, out + p * n, n));
+    }
+    if (staged) FASTCONV_CALL_PLANES(finish_streaming());
+  });
+}
+
+template <typename scalar_t>
+void depthwise_flat_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
+                                   scalar_t* out) {
+  depthwise_flat_planes(g, in, w, bias, out);
+}
+
+// The input gradient: the output gradient correlated with the flipped taps (the padding k - 1 - pad is pad).
+template <typename scalar_t>
+void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  std::vector<scalar_t> flipped(g.in_channels * taps);
+  for (int64_t c = 0; c < g.in_channels; ++c)
+    for (int64_t t = 0; t < taps; ++t) flipped[c * taps + t] = w[c * taps + taps - 1 - t];
+  depthwise_flat_planes(g, go, flipped.data(), static_cast<const scalar_t*>(nullptr), gi);
+}
+
 // The forward, input gradient and weight gradient of the layers the blocked kernel does not take:
 // depthwise layers in channel blocks where those apply, the plane kernels otherwise. The forward starts
 // each output plane from its channel's bias (null: none), so the bias costs no pass of its own (after
@@ -618,6 +733,7 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
+  if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_forward_kernel(g, in, w, bias, out);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
@@ -635,6 +751,7 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_grad_input_kernel(g, go, w, gi);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
   if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
@@ -1366,6 +1483,7 @@ static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_si
   if (depthwise_blocks_apply(g))
     planes = std::max(planes, depthwise_blocks_scratch_elements(g, element_size));
   planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
+  planes = std::max(planes, depthwise_flat_workspace_elements(g, element_size));
   const int64_t plane_bytes = planes * element_size * at::get_num_threads();
   if (!blocked_forward && !blocked_weight) return plane_bytes;
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
