@@ -25,7 +25,9 @@
 // Depthwise layers (one channel per group) run in channel blocks instead (conv_depthwise.inc): a vector of
 // channels per pixel, a strip of rows at a time, so small planes waste no lanes and pay no per-plane setup.
 // Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
-// NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes.
+// NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; at stride 1 with the
+// padding (k - 1) / 2 and rows of at most 28 pixels, on flat planes (depthwise_flat_*), vectorised along
+// the whole plane, rows included.
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
