@@ -475,13 +475,20 @@ void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* 
 // lanes (the stride-2 input gradient of 14x14 planes, 7-pixel output-gradient rows: 0.89-0.98x).
 constexpr int64_t kDepthwiseNchwMinWidth = 14;
 
+// A depthwise layer (one input and one output channel per group) with a square, undilated 3x3 or 5x5
+// kernel: the layers the NCHW and flat plane kernels are compiled for.
+bool square_depthwise_3x3_or_5x5(const ConvGeometry& g) {
+  const int64_t k = g.kernel_h;
+  return g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1 && g.kernel_w == k &&
+         (k == 3 || k == 5) && g.dil_h == 1 && g.dil_w == 1;
+}
+
 // Whether a pass of a depthwise layer runs on NCHW planes: square 3x3 or 5x5 kernels, undilated, stride 1
 // or 2, a padding within the kernel's reach (so the input gradient's border, k - 1 - pad, is not negative)
 // and input and output rows of at least kDepthwiseNchwMinWidth pixels (the same rule for both passes).
 bool depthwise_nchw_applies(const ConvGeometry& g) {
   const int64_t k = g.kernel_h;
-  if (!(g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1)) return false;
-  if (g.kernel_w != k || (k != 3 && k != 5) || g.dil_h != 1 || g.dil_w != 1) return false;
+  if (!square_depthwise_3x3_or_5x5(g)) return false;
   if (g.stride_h != g.stride_w || g.stride_h > 2) return false;
   if (g.pad_h > k - 1 || g.pad_w > k - 1) return false;
   return std::min(g.in_w, g.out_w) >= kDepthwiseNchwMinWidth;
@@ -604,14 +611,20 @@ void depthwise_nchw_forward_kernel(const ConvGeometry& g, const scalar_t* in, co
   depthwise_nchw_planes(g, depthwise_nchw_forward_layout(g, 64 / sizeof(scalar_t)), in, w, bias, out);
 }
 
+// A depthwise layer's taps (C, k, k) with each channel's k x k taps reversed: the input gradient's.
 template <typename scalar_t>
-void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+std::vector<scalar_t> flipped_depthwise_taps(const ConvGeometry& g, const scalar_t* w) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   std::vector<scalar_t> flipped(g.in_channels * taps);
   for (int64_t c = 0; c < g.in_channels; ++c)
     for (int64_t t = 0; t < taps; ++t) flipped[c * taps + t] = w[c * taps + taps - 1 - t];
-  depthwise_nchw_planes(g, depthwise_nchw_grad_input_layout(g, 64 / sizeof(scalar_t)), go, flipped.data(),
-                        static_cast<const scalar_t*>(nullptr), gi);
+  return flipped;
+}
+
+template <typename scalar_t>
+void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  depthwise_nchw_planes(g, depthwise_nchw_grad_input_layout(g, 64 / sizeof(scalar_t)), go,
+                        flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
 }
 
 // ---- Depthwise layers on flat planes (conv_depthwise.inc, depthwise_flat_*) ------------------------------
@@ -623,8 +636,7 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
 // on top of the multiply-add, and took 1.1-1.9x as long.)
 bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
   const int64_t k = g.kernel_h;
-  if (!(g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1)) return false;
-  if (g.kernel_w != k || (k != 3 && k != 5) || g.dil_h != 1 || g.dil_w != 1) return false;
+  if (!square_depthwise_3x3_or_5x5(g)) return false;
   if (g.stride_h != 1 || g.stride_w != 1 || g.pad_h != (k - 1) / 2 || g.pad_w != (k - 1) / 2) return false;
   return g.in_h * g.in_w >= 64 / element_size && g.in_w <= planes_baseline::kFlatMaxWidth;
 }
@@ -720,11 +732,7 @@ void depthwise_flat_forward_kernel(const ConvGeometry& g, const scalar_t* in, co
 // The input gradient: the output gradient correlated with the flipped taps (the padding k - 1 - pad is pad).
 template <typename scalar_t>
 void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
-  const int64_t taps = g.kernel_h * g.kernel_w;
-  std::vector<scalar_t> flipped(g.in_channels * taps);
-  for (int64_t c = 0; c < g.in_channels; ++c)
-    for (int64_t t = 0; t < taps; ++t) flipped[c * taps + t] = w[c * taps + taps - 1 - t];
-  depthwise_flat_planes(g, go, flipped.data(), static_cast<const scalar_t*>(nullptr), gi);
+  depthwise_flat_planes(g, go, flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
 }
 
 // The forward, input gradient and weight gradient of the layers the blocked kernel does not take:
