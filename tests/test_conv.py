@@ -502,8 +502,18 @@ for dtype in (torch.float32, torch.float64):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0],
                                rtol=1e-4, atol=1e-4)
-    # Depthwise on small planes: flat planes (stride 1, 3x3 and 5x5), channel blocks (the last one partial,
-    # stride 2, a padding past the kernel's half).
+    # The plane kernels at the instruction set's own vector width: 4 channels per group, and depthwise rows
+    # of 33 pixels at stride 1 and 2 (3x3 and 5x5), forward, input and weight gradients.
+    for (cin, cout, k, s, p, g) in [(8, 16, 3, 1, 1, 4), (8, 16, 3, 2, 1, 4), (6, 6, 3, 1, 1, 6),
+                                    (6, 6, 3, 2, 1, 6), (6, 6, 5, 1, 2, 6)]:
+        x = torch.randn(2, cin, 21, 33, dtype=dtype, requires_grad=True)
+        w = torch.randn(cout, cin // g, k, k, dtype=dtype, requires_grad=True)
+        out, ref = FC.conv2d(x, w, None, s, p, 1, g, algo="direct"), F.conv2d(x, w, None, s, p, 1, g)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # Depthwise on small planes: flat planes (stride 1, 3x3 and 5x5; AVX-512), channel blocks (the last one
+    # partial, stride 2, a padding past the kernel's half).
     for stride, k, p in ((1, 3, 1), (1, 5, 2), (2, 3, 1), (1, 3, 2)):
         x = torch.randn(2, 20, 14, 13, dtype=dtype, requires_grad=True)
         w = torch.randn(20, 1, k, k, dtype=dtype, requires_grad=True)

@@ -58,23 +58,29 @@ namespace {
 #define FASTCONV_ISA_TARGET \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
 #define FASTCONV_ISA_AVX512 1
+#define FASTCONV_PLANES_VECTOR_BYTES 64
 #include "cpu/conv_planes.inc"
 #include "cpu/conv_depthwise.inc"
+#undef FASTCONV_PLANES_VECTOR_BYTES
 #undef FASTCONV_ISA_AVX512
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
 #define FASTCONV_ISA_NS planes_avx2
 #define FASTCONV_ISA_TARGET __attribute__((target("avx2,fma")))
+#define FASTCONV_PLANES_VECTOR_BYTES 32
 #include "cpu/conv_planes.inc"
 #include "cpu/conv_depthwise.inc"
+#undef FASTCONV_PLANES_VECTOR_BYTES
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
 #define FASTCONV_PLANES_X86 1
 #endif
 #define FASTCONV_ISA_NS planes_baseline
 #define FASTCONV_ISA_TARGET
+#define FASTCONV_PLANES_VECTOR_BYTES 16
 #include "cpu/conv_planes.inc"
 #include "cpu/conv_depthwise.inc"
+#undef FASTCONV_PLANES_VECTOR_BYTES
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
 
@@ -629,14 +635,15 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
 
 // ---- Depthwise layers on flat planes (conv_depthwise.inc, depthwise_flat_*) ------------------------------
 
-// Whether the forward and input gradient of a depthwise layer run on flat planes: square 3x3 or 5x5
-// kernels, undilated, stride 1, the padding (k - 1) / 2 (the output, the input and their gradients then
-// all have the same plane shape), planes of at least a vector and rows of at most kFlatMaxWidth pixels.
-// (Their weight gradient stays in channel blocks: per tap, a flat vector needs a lane shift and a mask
-// on top of the multiply-add, and took 1.1-1.9x as long.)
+// Whether the forward and input gradient of a depthwise layer run on flat planes: with AVX-512, square
+// 3x3 or 5x5 kernels, undilated, stride 1, the padding (k - 1) / 2 (the output, the input and their
+// gradients then all have the same plane shape), planes of at least a vector and rows of at most
+// kFlatMaxWidth pixels. (Their weight gradient stays in channel blocks: per tap, a flat vector needs a
+// lane shift and a mask on top of the multiply-add, and took 1.1-1.9x as long. With AVX2 the flat kernel,
+// a load per tap, took 2-4x as long as the row kernel or the channel blocks.)
 bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
   const int64_t k = g.kernel_h;
-  if (!square_depthwise_3x3_or_5x5(g)) return false;
+  if (active_cpu_isa() != CpuIsa::Avx512 || !square_depthwise_3x3_or_5x5(g)) return false;
   if (g.stride_h != 1 || g.stride_w != 1 || g.pad_h != (k - 1) / 2 || g.pad_w != (k - 1) / 2) return false;
   return g.in_h * g.in_w >= 64 / element_size && g.in_w <= planes_baseline::kFlatMaxWidth;
 }
@@ -697,7 +704,7 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
   constexpr int64_t L = 64 / sizeof(scalar_t);
   const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
   const int64_t channels = g.in_channels, planes = g.batch * channels;
-  const int64_t pitch = width + planes_baseline::kFlatVectors * L;
+  const int64_t pitch = width + planes_baseline::kFlatMaxVectors * L;
   const std::vector<FlatMask<scalar_t>> masks = depthwise_flat_masks<scalar_t>(k, width, n, pitch);
   const FlatMask<scalar_t>* window = masks.data() + k * pitch;
   // Outputs of 8-32 MiB are staged a plane at a time and streamed out (streams_output).
