@@ -669,23 +669,36 @@ std::vector<FlatMask<scalar_t>> depthwise_flat_masks(int64_t k, int64_t w, int64
   return masks;
 }
 
+// The elements the flat kernels read before a plane of rows w long (k / 2 rows and columns) and after it
+// (as many, and two vectors of `lanes`).
+struct FlatReach {
+  int64_t before, after;
+};
+
+FlatReach depthwise_flat_reach(int64_t k, int64_t w, int64_t lanes) {
+  const int64_t before = (k / 2) * (w + 1);
+  return {before, before + 2 * lanes};
+}
+
+// A copy of one h x w plane with the flat kernels' reach around it.
+int64_t depthwise_flat_scratch_elements(int64_t k, int64_t h, int64_t w, int64_t lanes) {
+  const FlatReach reach = depthwise_flat_reach(k, w, lanes);
+  return reach.before + h * w + reach.after;
+}
+
 // Where the flat kernels read plane p of `planes` h x w planes: in place, or where that would reach
 // outside the tensor (the first and last planes), a copy in `scratch` (depthwise_flat_scratch_elements of
 // it; what it holds around the copy is cleared after loading).
 template <typename scalar_t>
 const scalar_t* depthwise_flat_source(const scalar_t* src, int64_t p, int64_t planes, int64_t k, int64_t h,
                                       int64_t w, scalar_t* scratch) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
-  const int64_t n = h * w, before = (k / 2) * (w + 1), after = before + 2 * L;
+  const FlatReach reach = depthwise_flat_reach(k, w, 64 / sizeof(scalar_t));
+  const int64_t n = h * w;
   const scalar_t* plane = src + p * n;
-  if (p * n >= before && (planes - p) * n >= n + after) return plane;
-  scalar_t* copy = scratch + before;
+  if (p * n >= reach.before && (planes - p) * n >= n + reach.after) return plane;
+  scalar_t* copy = scratch + reach.before;
   std::copy(plane, plane + n, copy);
   return copy;
-}
-
-int64_t depthwise_flat_scratch_elements(int64_t k, int64_t h, int64_t w, int64_t lanes) {
-  return 2 * (k / 2) * (w + 1) + h * w + 2 * lanes;
 }
 
 // One thread's scratch: the copy of a plane and, where the output is streamed, a staging plane.
@@ -704,7 +717,7 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
   constexpr int64_t L = 64 / sizeof(scalar_t);
   const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
   const int64_t channels = g.in_channels, planes = g.batch * channels;
-  const int64_t pitch = width + planes_baseline::kFlatMaxVectors * L;
+  const int64_t pitch = width + planes_baseline::kFlatVectors * L;
   const std::vector<FlatMask<scalar_t>> masks = depthwise_flat_masks<scalar_t>(k, width, n, pitch);
   const FlatMask<scalar_t>* window = masks.data() + k * pitch;
   // Outputs of 8-32 MiB are staged a plane at a time and streamed out (streams_output).
@@ -730,12 +743,6 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
   });
 }
 
-template <typename scalar_t>
-void depthwise_flat_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
-                                   scalar_t* out) {
-  depthwise_flat_planes(g, in, w, bias, out);
-}
-
 // The input gradient: the output gradient correlated with the flipped taps (the padding k - 1 - pad is pad).
 template <typename scalar_t>
 void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
@@ -750,7 +757,7 @@ void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
-  if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_forward_kernel(g, in, w, bias, out);
+  if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_planes(g, in, w, bias, out);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
