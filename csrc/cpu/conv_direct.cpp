@@ -810,6 +810,16 @@ void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_
 // Packed weights up to this size run the blocked forward pixel-major (see there): a core's 2 MiB L2.
 constexpr int64_t kPixelMajorWeightBytes = 2 << 20;
 
+// The input channels per packed chunk of a blocked-forward weight block whose channels take
+// `channel_bytes` each packed: all of them where the block fits kPackedChunkBytes, else equal chunks
+// that do.
+int64_t packed_chunk_channels(int64_t channels, int64_t channel_bytes) {
+  constexpr int64_t kPackedChunkBytes = 640 << 10;
+  if (channels * channel_bytes <= kPackedChunkBytes) return channels;
+  const int64_t chunks = (channels * channel_bytes + kPackedChunkBytes - 1) / kPackedChunkBytes;
+  return (channels + chunks - 1) / chunks;
+}
+
 // An input gradient's weight for the blocked forward: the layer's own weight (out, in / groups, kh, kw),
 // read in place as the weight of a convolution of dY (input and output channels swapped) whose tap t is
 // the layer's tap layer_tap[t] (flipped, and for a stride phase only some of them). Packing reads it so:
@@ -889,45 +899,46 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   // its (tap, channel) row of the packed block. (Small outputs once packed chunks of a block that stay in
   // L1 as each item went: whole blocks measured faster, at batch 1 layer4.0 0.59 -> 0.52 ms, MobileNetV2's
   // 576 -> 96 1x1 layer 0.22 -> 0.14 ms, the text CNN's k5 conv1d 0.69 -> 0.60 ms.)
-  const auto pack_block = [&](int64_t b, scalar_t* dst, int64_t* row_of) {
+  const auto pack_block = [&](int64_t b, int64_t c0, int64_t cc, scalar_t* dst, int64_t* row_of) {
     const int64_t grp = b / blocks, first = (b % blocks) * nr, cols = std::min(nr, cout_g - first);
-    if (cols < nr) std::fill(dst, dst + k * nr, scalar_t(0));
+    if (cols < nr) std::fill(dst, dst + taps * cc * nr, scalar_t(0));
     if (transposed) {
       // Row c of the layer's weight holds (this kernel's output channel, layer tap) in that order: a
       // cols x layer_taps matrix. Where the kernel uses every layer tap (stride 1, flipped), the matrix is
       // transposed whole, layer tap layer_tap[t] sent to packed row (t, c); a stride phase uses a few of
       // them, which are gathered one by one (a whole transpose measured slower there).
       const int64_t layer_taps = transposed->layer_taps;
-      if (transposed->tap_major) {
-        for (int64_t c = 0; c < cin_g; ++c)
+      for (int64_t c = c0; c < c0 + cc; ++c) {
+        scalar_t* rows = dst + (c - c0) * nr;  // packed row (t, c) is rows + t * cc * nr
+        if (transposed->tap_major) {
           for (int64_t t = 0; t < taps; ++t) {
             const scalar_t* src = w + ((grp * cin_g + c) * layer_taps + transposed->layer_tap[t]) * cout_g + first;
-            std::copy(src, src + cols, dst + (t * cin_g + c) * nr);
+            std::copy(src, src + cols, rows + t * cc * nr);
           }
-        return;
-      }
-      for (int64_t c = 0; c < cin_g; ++c) {
+          continue;
+        }
         const scalar_t* src = w + ((grp * cin_g + c) * cout_g + first) * layer_taps;
         if (layer_taps == 1) {  // a 1x1 layer: the row is already contiguous
-          std::copy(src, src + cols, dst + c * nr);
+          std::copy(src, src + cols, rows);
           continue;
         }
         if (taps == layer_taps) {
-          for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (t * cin_g + c) * nr;
+          for (int64_t t = 0; t < taps; ++t) row_of[transposed->layer_tap[t]] = (c - c0 + t * cc) * nr;
           mk.transpose(cols, layer_taps, src, layer_taps, dst, 0, row_of);
           continue;
         }
         for (int64_t t = 0; t < taps; ++t) {
           const scalar_t* tap_src = src + transposed->layer_tap[t];
-          scalar_t* row = dst + (t * cin_g + c) * nr;
+          scalar_t* row = rows + t * cc * nr;
           for (int64_t j = 0; j < cols; ++j) row[j] = tap_src[j * layer_taps];
         }
       }
       return;
     }
-    for (int64_t c = 0; c < cin_g; ++c)
-      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cin_g + c) * nr;
-    mk.transpose(cols, k, w + (grp * cout_g + first) * k, k, dst, 0, row_of);
+    // The chunk's (channel, tap) columns are contiguous in the weight's rows.
+    for (int64_t c = 0; c < cc; ++c)
+      for (int64_t t = 0; t < taps; ++t) row_of[c * taps + t] = (t * cc + c) * nr;
+    mk.transpose(cols, cc * taps, w + (grp * cout_g + first) * k + c0 * taps, k, dst, 0, row_of);
   };
 
   // With one group and no horizontal dilation, the (tap, channel) entries of one kernel row lie side by
@@ -950,6 +961,14 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   const int64_t packed_bytes = all_blocks * k * nr * int64_t(sizeof(scalar_t));
   const bool pixel_major = all_blocks > 1 && packed_bytes <= kPixelMajorWeightBytes &&
                            g.batch * in_image * int64_t(sizeof(scalar_t)) >= 2 * packed_bytes;
+  // Where one item takes all of a block's tiles (few pixels: layer4 at batch 1) and the packed block
+  // would crowd L2, the block is packed and used a chunk of input channels at a time, each chunk summed
+  // into the item's tiles (in L1) before the next is packed over it: packing then writes to L2 and the
+  // tiles read the weights from there, instead of both going through L3 (layer4's 3x3 at batch 1, 1.2 MB
+  // blocks: 0.74-0.76 -> 0.69-0.71 ms).
+  const int64_t chunk_channels = !pixel_major && tile_groups == 1
+                                     ? packed_chunk_channels(cin_g, taps * nr * int64_t(sizeof(scalar_t)))
+                                     : cin_g;
   at::parallel_for(0, items, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> tile_buf(tiles_per_item * mr * nr + 64 / sizeof(scalar_t));
     scalar_t* tile = align_64(tile_buf.data());
@@ -958,7 +977,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
     // each block it works on once (a block split between two threads is packed by both), just before
     // using it: the block (at most taps x channels x nr) is written to and read from this core's L2,
     // where packing all blocks up front sent them through memory (9.4 MB each way on layer4).
-    std::vector<scalar_t> packed_buf((pixel_major ? all_blocks : 1) * k * nr + 64 / sizeof(scalar_t));
+    std::vector<scalar_t> packed_buf((pixel_major ? all_blocks : 1) * taps * chunk_channels * nr + 64 / sizeof(scalar_t));
     scalar_t* packed_all = align_64(packed_buf.data());
     std::vector<char> have(pixel_major ? all_blocks : 0);
     int64_t packed_block = -1;
@@ -997,13 +1016,24 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
           if (++oh == g.out_h) oh = 0, pq = 0, ++n;
         }
       }
-      if (pixel_major ? !have[b] : b != packed_block) pack_block(b, packed, row_of.data());
-      if (pixel_major) have[b] = 1;
-      packed_block = b;
-      const int64_t run = merge_rows ? g.kernel_w * cin_g : cin_g;
-      for (int64_t tl = 0; tl < group_tiles; ++tl)
-        mk.micro_conv(k_groups, run, in + grp * group_step, pixel_offsets.data() + tl * mr, k_offsets, packed,
-                      tile + tl * mr * nr, nr, bias ? bias_row : nullptr);
+      if (chunk_channels < cin_g) {
+        for (int64_t c0 = 0; c0 < cin_g; c0 += chunk_channels) {
+          const int64_t cc = std::min(chunk_channels, cin_g - c0);
+          pack_block(b, c0, cc, packed, row_of.data());
+          for (int64_t tl = 0; tl < group_tiles; ++tl)
+            mk.micro_conv(taps, cc, in + grp * group_step + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(),
+                          packed, tile + tl * mr * nr, nr, bias ? bias_row : nullptr, c0 > 0);
+        }
+        packed_block = -1;
+      } else {
+        if (pixel_major ? !have[b] : b != packed_block) pack_block(b, 0, cin_g, packed, row_of.data());
+        if (pixel_major) have[b] = 1;
+        packed_block = b;
+        const int64_t run = merge_rows ? g.kernel_w * cin_g : cin_g;
+        for (int64_t tl = 0; tl < group_tiles; ++tl)
+          mk.micro_conv(k_groups, run, in + grp * group_step, pixel_offsets.data() + tl * mr, k_offsets, packed,
+                        tile + tl * mr * nr, nr, bias ? bias_row : nullptr, false);
+      }
       if (channels_last_out) {
         scalar_t* dst = out + q_first * g.out_channels + grp * cout_g + first;
         for (int64_t i = 0; i < pixels; ++i)

@@ -40,10 +40,11 @@ struct MicroKernels {
   int mr, nr;
   // C(mr x nr) = / += A_packed(kc x mr, column-major strips) * B_packed(kc x nr)
   void (*micro)(int64_t kc, const T* a_packed, const T* b_packed, T* c, int64_t ldc, bool accumulate);
-  // C(mr x nr) = (bias row, or 0) + A * B_packed, A read in place:
+  // C(mr x nr) = (C with accumulate, else the bias row or 0) + A * B_packed, A read in place:
   // A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]; bias: nr values or null
   void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
-                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc, const T* bias);
+                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc, const T* bias,
+                     bool accumulate);
   // C(mr x nr, row stride nr) = / += A * B_packed(kc x nr), A's column p read in place: the mr elements at
   // a_base + col_offsets[p]
   void (*micro_gather)(int64_t kc, const T* a_base, const int64_t* col_offsets, const T* b_packed, T* c,
