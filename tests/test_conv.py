@@ -596,9 +596,10 @@ def test_direct_forward_with_several_channel_blocks_pixel_major(x_shape, w_shape
                                                             ((1, 128, 13, 13), (320, 128, 5, 5), 2, 2),
                                                             ((1, 112, 5, 6), (120, 112, 5, 5), 1, 2)])
 def test_direct_blocks_packed_in_channel_chunks(x_shape, w_shape, stride, padding, dtype):
-    # One image of few pixels and packed weight blocks over 640 KiB: each block is packed and summed a
-    # chunk of input channels at a time, in the forward (a last block of 58 or 26 channels) and in the input
-    # gradient (the layer's weight read transposed, and tap-major by stride phase).
+    # One image of few pixels and packed weight blocks over 640 KiB: with one or two threads (each then
+    # takes all of a block's pixels), each block is packed and summed a chunk of input channels at a time,
+    # in the forward (a last block of 58 or 26 channels) and in the input gradient (the layer's weight read
+    # transposed, and tap-major by stride phase).
     x, w, b = _make(x_shape, w_shape, w_shape[0], True, dtype)
     # Sums of up to 8000 float32 products of magnitude ~200: an absolute tolerance for that.
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-3)

@@ -956,9 +956,9 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   // input for its own blocks. When all blocks' packed weights are small (kPixelMajorWeightBytes), items
   // run pixel group by pixel group instead (the blocks of one group in turn, reusing its input from
   // L1/L2) and every thread packs all blocks for itself: the threads split the input. That pays where the
-  // input is the larger of the two (each thread packs every block). layer2.0 (2 blocks) at batch 8: 3.5 -> 2.7 ms;
-  // layer3.0 (1.2 MB of weights) 2.8 -> 2.6 ms; layer3 (2.4 MB) was slower this way, and layer2 at
-  // batch 1 (0.5 MB of input, 0.6 MB of weights) too.
+  // input is the larger of the two (each thread packs every block). layer2.0 (2 blocks) at batch 8: 3.5
+  // -> 2.7 ms; layer3.0 (1.2 MB of weights) 2.8 -> 2.6 ms; layer3 (2.4 MB) was slower this way, and
+  // layer2 at batch 1 (0.5 MB of input, 0.6 MB of weights) too.
   const int64_t packed_bytes = all_blocks * k * nr * int64_t(sizeof(scalar_t));
   const bool pixel_major = all_blocks > 1 && packed_bytes <= kPixelMajorWeightBytes &&
                            g.batch * in_image * int64_t(sizeof(scalar_t)) >= 2 * packed_bytes;
@@ -1027,7 +1027,6 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
             mk.micro_conv(taps, cc, in + grp * group_step + c0, pixel_offsets.data() + tl * mr, tap_offsets.data(),
                           packed, tile + tl * mr * nr, nr, bias ? bias_row : nullptr, c0 > 0);
         }
-        packed_block = -1;
       } else {
         if (pixel_major ? !have[b] : b != packed_block) pack_block(b, 0, cin_g, packed, row_of.data());
         if (pixel_major) have[b] = 1;
