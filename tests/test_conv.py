@@ -706,9 +706,9 @@ def test_depthwise_nchw_planes(case, dtype):
 
 # (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at
 # most 28 pixels, whose forward and input gradient run on flat planes (vectors of pixels across row ends):
-# planes of exactly a vector of floats, planes whose last vector overlaps the one before, one-pixel rows
-# and one-row planes (every column tap off the row), kernels wider than the plane, and small planes
-# where the last planes of the tensor are read from a copy.
+# planes of exactly a vector of floats, planes that end inside a vector (1 to 4 vectors after the last full
+# group of four), one-pixel rows and one-row planes (every column tap off the row), kernels wider than the
+# plane, and small planes where the last planes of the tensor are read from a copy.
 DEPTHWISE_FLAT_CASES = [
     (2, 3, 4, 4, 3),
     (3, 5, 7, 7, 3),
