@@ -437,8 +437,22 @@ void run_window_sweep(const SweepArgs<scalar_t>& a) {
   });
 }
 
+// A window one row high that moves a row at a time (kernel_h 1, stride_h 1, no padding along H: 1-D
+// pooling of an (N, C, L) input, given to the 2-D op as N planes of C rows) reads each row on its own, so
+// the rows can be planes of one row, the shape 1-D pooling has otherwise: for the kernels that track no
+// index (an index counts along its plane). The window sweep kept a ring of rows for such planes, which one
+// row high planes skip (max_pool1d(3, 2, 1) on 256 x 1024 at batch 8: 0.12 -> 0.11 ms).
+PoolGeometry rows_as_planes(const PoolGeometry& g) {
+  if (g.kernel_h != 1 || g.stride_h != 1 || g.pad_h != 0 || g.in_h == 1 || g.out_h != g.in_h) return g;
+  PoolGeometry rows = g;
+  rows.planes = g.planes * g.in_h;
+  rows.in_h = rows.out_h = 1;
+  return rows;
+}
+
 template <typename scalar_t>
-void max_pool_values_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t* out) {
+void max_pool_values_kernel(const PoolGeometry& plane_geometry, const scalar_t* in, scalar_t* out) {
+  const PoolGeometry g = rows_as_planes(plane_geometry);
   if (const auto sweep = sweep_args<scalar_t>(g, nullptr, in, out)) return run_window_sweep<scalar_t, true>(*sweep);
   const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, static_cast<int64_t*>(nullptr));
   at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
@@ -447,7 +461,9 @@ void max_pool_values_kernel(const PoolGeometry& g, const scalar_t* in, scalar_t*
 }
 
 template <typename scalar_t>
-void avg_pool_forward_kernel(const PoolGeometry& g, const AvgOptions& opt, const scalar_t* in, scalar_t* out) {
+void avg_pool_forward_kernel(const PoolGeometry& plane_geometry, const AvgOptions& opt, const scalar_t* in,
+                             scalar_t* out) {
+  const PoolGeometry g = rows_as_planes(plane_geometry);
   const std::vector<scalar_t> divisors = avg_divisors<scalar_t>(g, opt);
   if (const auto sweep = sweep_args<scalar_t>(g, divisors.data(), in, out))
     return run_window_sweep<scalar_t, false>(*sweep);
