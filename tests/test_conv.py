@@ -48,6 +48,7 @@ CONV2D_CASES = [
     (2, 5, 23, 29, 7, 1, 1, 0, 1, 1, True),
     (2, 6, 24, 24, 4, 1, 1, 0, 1, 2, False),
     (4, 4, 12, 13, 9, 1, 1, 0, 1, 1, True),         # expanding, 156 pixels: three images per dot product, then one
+    (2, 3, 70, 66, 5, 1, 1, 0, 1, 1, False),        # 3 input channels: chunks of 4096 pixels, a plane of 4096 + 524
     # Strided 1x1 layers: the weight gradient by dot products over a compact copy of the pixels read (552
     # of them; 156, expanding), an input gradient whose products merge many small images (15-pixel
     # outputs, 13 images, groups, unequal strides). The last row and column of odd inputs are never read.

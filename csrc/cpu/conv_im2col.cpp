@@ -271,11 +271,17 @@ void pointwise_grad_weight(const ConvGeometry& g, const scalar_t* go, const scal
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group(), plane = g.in_h * g.in_w;
   const int64_t row_block = mk.dot_rows_max, col_block = mk.dot_cols_max;
   const int64_t row_blocks = (cout_g + row_block - 1) / row_block;
-  // A chunk: kPixelsPerChunk pixels of one plane, or whole planes of several images where planes are
-  // smaller (each call closes its sums once, whatever the images).
-  constexpr int64_t kPixelsPerChunk = 512;
-  const int64_t chunk_pixels = std::min(plane, kPixelsPerChunk);
-  const int64_t chunk_images = std::clamp<int64_t>(kPixelsPerChunk / plane, 1, g.batch);
+  // A chunk: `pixels` pixels of one plane, or whole planes of several images where planes are smaller
+  // (each call closes its sums once, whatever the images). Every thread reads the chunk's input rows against
+  // each of its output-gradient rows, so they take 256 KiB, which L2 keeps: 512 to 4096 pixels. Few input
+  // channels take longer runs of each row, which the hardware prefetcher then follows further (MobileNetV2's
+  // 16 -> 96 1x1 on 112x112 at batch 8: 1.85-1.9 -> 1.5 ms, where 2048 pixels for 256 channels took 4.8 ->
+  // 6.3 ms).
+  constexpr int64_t kChunkInputBytes = 256 << 10, kMinChunkPixels = 512, kMaxChunkPixels = 4096;
+  const int64_t pixels = std::clamp<int64_t>(kChunkInputBytes / (cin_g * int64_t(sizeof(scalar_t))), kMinChunkPixels,
+                                             kMaxChunkPixels);
+  const int64_t chunk_pixels = std::min(plane, pixels);
+  const int64_t chunk_images = std::clamp<int64_t>(pixels / plane, 1, g.batch);
   std::vector<int64_t> input_rows(col_block);  // offsets of a block's input-channel planes
   for (int64_t j = 0; j < col_block; ++j) input_rows[j] = j * plane;
   at::parallel_for(0, g.groups * row_blocks, 1, [&](int64_t b0, int64_t b1) {
