@@ -265,10 +265,12 @@ def _from_2d(t, spatial_dims):
 
 
 def _rows_are_planes(input, spatial_dims):
-    """Whether a 1-D pooling input can go to the 2-D op as it is: a contiguous, non-empty (N, C, L) tensor
-    read as one (C, H, W) image, N planes of C rows, which a window one row high pools row by row exactly
-    as 1-D pooling does (no view made and undone: a call at batch 1 costs about a microsecond less)."""
-    return spatial_dims == 1 and input.dim() == 3 and input.numel() > 0 and input.is_contiguous()
+    """Whether a 1-D pooling input can go to the 2-D op as it is: a contiguous, non-empty (N, C, L) CPU
+    tensor read as one (C, H, W) image, N planes of C rows, which a window one row high pools row by row
+    exactly as 1-D pooling does (no view made and undone: a call at batch 1 costs about a microsecond
+    less; the CUDA kernels keep the height of 1 they were measured with)."""
+    return (spatial_dims == 1 and input.dim() == 3 and input.is_cpu and input.numel() > 0
+            and input.is_contiguous())
 
 
 def _window_args(op, spatial_dims, kernel_size, stride, padding, dilation):
