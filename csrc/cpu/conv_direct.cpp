@@ -652,20 +652,36 @@ bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
 template <typename scalar_t>
 using FlatMask = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
 
-// The masks depthwise_flat_correlate reads: for each kernel column j of a k x k kernel, `pitch` lanes,
-// lane t set where column t % w plus j - (k - 1) / 2 is inside a row of w pixels; then the plane's n
-// elements set with kFlatReach clear lanes on either side (clear_outside_plane's window).
+// What depthwise_flat_correlate reads for a k x k kernel on planes of n elements in rows of w: for each
+// kernel column j, `pitch` bit sets, bit t of set s set where column (s + t) % w plus j - (k - 1) / 2 is
+// inside the row (the lanes of a vector from column s that tap j reads from); and the window of
+// clear_outside_plane, the plane's n elements set with kFlatReach clear lanes on either side.
 template <typename scalar_t>
-std::vector<FlatMask<scalar_t>> depthwise_flat_masks(int64_t k, int64_t w, int64_t n, int64_t pitch) {
-  constexpr int64_t reach = planes_baseline::kFlatReach;
-  const FlatMask<scalar_t> set = -1;
-  std::vector<FlatMask<scalar_t>> masks(k * pitch + n + 2 * reach, 0);
-  for (int64_t j = 0; j < k; ++j)
-    for (int64_t t = 0, column = 0; t < pitch; ++t, column = column + 1 == w ? 0 : column + 1) {
+struct FlatMasks {
+  std::vector<uint16_t> lane_bits;
+  std::vector<FlatMask<scalar_t>> window;
+};
+
+template <typename scalar_t>
+FlatMasks<scalar_t> depthwise_flat_masks(int64_t k, int64_t w, int64_t n, int64_t pitch) {
+  constexpr int64_t reach = planes_baseline::kFlatReach, lanes = 64 / sizeof(scalar_t);
+  FlatMasks<scalar_t> masks;
+  masks.lane_bits.assign(k * pitch, 0);
+  std::vector<uint16_t> inside(pitch + lanes);  // for column j: 1 where column t % w + j - (k - 1) / 2 is in the row
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0, column = 0; t < pitch + lanes; ++t, column = column + 1 == w ? 0 : column + 1) {
       const int64_t read = column + j - (k - 1) / 2;
-      if (read >= 0 && read < w) masks[j * pitch + t] = set;
+      inside[t] = read >= 0 && read < w;
     }
-  std::fill_n(masks.begin() + k * pitch + reach, n, set);
+    uint16_t bits = 0;  // set s: bits of inside[s .. s + lanes), the next set shifted in by one lane
+    for (int64_t t = 0; t < lanes; ++t) bits |= uint16_t(inside[t] << t);
+    for (int64_t s = 0; s < pitch; ++s) {
+      masks.lane_bits[j * pitch + s] = bits;
+      bits = uint16_t(bits >> 1 | inside[s + lanes] << (lanes - 1));
+    }
+  }
+  masks.window.assign(n + 2 * reach, 0);
+  std::fill_n(masks.window.begin() + reach, n, FlatMask<scalar_t>(-1));
   return masks;
 }
 
@@ -718,8 +734,9 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
   const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
   const int64_t channels = g.in_channels, planes = g.batch * channels;
   const int64_t pitch = width + planes_baseline::kFlatVectors * L;
-  const std::vector<FlatMask<scalar_t>> masks = depthwise_flat_masks<scalar_t>(k, width, n, pitch);
-  const FlatMask<scalar_t>* window = masks.data() + k * pitch;
+  const FlatMasks<scalar_t> masks = depthwise_flat_masks<scalar_t>(k, width, n, pitch);
+  const FlatMask<scalar_t>* window = masks.window.data();
+  const uint16_t* lane_bits = masks.lane_bits.data();
   // Outputs of 8-32 MiB are staged a plane at a time and streamed out (streams_output).
   const int64_t compact = streamed_plane_elements(planes, n, sizeof(scalar_t));
   const int64_t scratch_elements = depthwise_flat_scratch_elements(k, h, width, L);
@@ -733,10 +750,10 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
       scalar_t* dst = staged ? staged : out + p * n;
       if (k == 3)
         FASTCONV_CALL_PLANES(
-            depthwise_flat_correlate<3, scalar_t>(plane, h, width, window, masks.data(), w + c * taps, start, dst));
+            depthwise_flat_correlate<3, scalar_t>(plane, h, width, window, lane_bits, w + c * taps, start, dst));
       else
         FASTCONV_CALL_PLANES(
-            depthwise_flat_correlate<5, scalar_t>(plane, h, width, window, masks.data(), w + c * taps, start, dst));
+            depthwise_flat_correlate<5, scalar_t>(plane, h, width, window, lane_bits, w + c * taps, start, dst));
       if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, out + p * n, n));
     }
     if (staged) FASTCONV_CALL_PLANES(finish_streaming());
