@@ -667,7 +667,8 @@ FlatMasks<scalar_t> depthwise_flat_masks(int64_t k, int64_t w, int64_t n, int64_
   constexpr int64_t reach = planes_baseline::kFlatReach, lanes = 64 / sizeof(scalar_t);
   FlatMasks<scalar_t> masks;
   masks.lane_bits.assign(k * pitch, 0);
-  std::vector<uint16_t> inside(pitch + lanes);  // for column j: 1 where column t % w + j - (k - 1) / 2 is in the row
+  // For kernel column j: inside[t] is 1 where column t % w + j - (k - 1) / 2 lies inside the row.
+  std::vector<uint16_t> inside(pitch + lanes);
   for (int64_t j = 0; j < k; ++j) {
     for (int64_t t = 0, column = 0; t < pitch + lanes; ++t, column = column + 1 == w ? 0 : column + 1) {
       const int64_t read = column + j - (k - 1) / 2;
