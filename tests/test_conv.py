@@ -705,6 +705,49 @@ def test_depthwise_nchw_planes(case, dtype):
                          lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
 
 
+# (N, C, H, W, kernel, stride, padding): depthwise layers whose weight gradient runs on NCHW planes (input
+# rows of 56 or more pixels, at stride 2 of at most 64): output rows that end inside a vector, row counts
+# that are not a multiple of four, 3x3 and 5x5, with and without padding.
+DEPTHWISE_NCHW_WEIGHT_CASES = [
+    (2, 3, 9, 57, 3, 1, 1),
+    (3, 4, 6, 60, 5, 1, 2),
+    (2, 3, 7, 56, 3, 2, 1),
+    (2, 2, 5, 63, 5, 2, 0),
+    (1, 2, 4, 112, 3, 1, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_NCHW_WEIGHT_CASES)
+def test_depthwise_nchw_weight_gradient(case, dtype):
+    n, c, h, w_, k, s, p = case
+    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, 1, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
+
+
+def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
+    # 58-pixel rows at stride 2 without padding: column 57 is read by no output, but by the lanes past the
+    # end of each output row's last vector; an infinite input there must not reach the weight gradient. The
+    # sums are one thread's per channel, in a fixed order: bitwise equal on 1 and 2 threads.
+    x = torch.randn(2, 4, 6, 58)
+    x[1, 2, 3, 57] = float("inf")
+    w = torch.randn(4, 1, 3, 3)
+    grad_out = torch.randn(2, 4, 2, 28)
+    want = torch.autograd.grad(F.conv2d(x, w.requires_grad_(), None, 2, 0, 1, 4), [w], grad_out)[0]
+    assert torch.isfinite(want).all()
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [w], grad_out)[0])
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(results[0], want, **TOL[torch.float32])
+    assert torch.equal(results[0], results[1])
+
+
 # (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at
 # most 28 pixels, whose forward and input gradient run on flat planes (vectors of pixels across row ends):
 # planes of exactly a vector of floats, planes that end inside a vector (1 to 4 vectors after the last full

@@ -52,6 +52,39 @@
 namespace fastconv::cpu {
 namespace {
 
+// Up to two planes to bring into the caches while another is computed, a share of them per output row: the
+// next plane(s) of the depthwise NCHW kernels, which copy a plane, compute on it and go on to the next, so
+// that memory stays busy while they compute (the hardware prefetcher did not keep ahead of them).
+template <typename scalar_t>
+struct PlaneAhead {
+  const scalar_t* first = nullptr;  // null: nothing to fetch
+  int64_t first_elements = 0;
+  const scalar_t* second = nullptr;
+  int64_t second_elements = 0;
+
+  // Requests, into L2, the lines of both planes that go with output rows [from, to) of `rows`.
+  void fetch(int64_t from, int64_t to, int64_t rows) const {
+    if (first == nullptr) return;
+    fetch_share(first, first_elements, from, to, rows);
+    fetch_share(second, second_elements, from, to, rows);
+  }
+
+ private:
+  static void fetch_share(const scalar_t* plane, int64_t elements, int64_t from, int64_t to, int64_t rows) {
+    const int64_t bytes = elements * int64_t(sizeof(scalar_t));
+    const char* at = reinterpret_cast<const char*>(plane);
+    for (int64_t b = from * bytes / rows / 64 * 64; b < to * bytes / rows; b += 64) fetch_line(at + b);
+  }
+  // (GCC deleted loops of nothing but __builtin_prefetch as having no effect: on x86 the instruction itself.)
+  static void fetch_line(const char* at) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    asm volatile("prefetcht1 %0" : : "m"(*at));
+#else
+    __builtin_prefetch(at, 0, 2);
+#endif
+  }
+};
+
 // The plane kernels, once per instruction set.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FASTCONV_ISA_NS planes_avx512
@@ -541,14 +574,22 @@ DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int6
 // streamed, a staging plane: see depthwise_nchw_planes).
 int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
 
+// The weight gradient's: the padded rows, then a 64-byte vector of sums per tap and channel (of a thread's
+// range of them: all of them at most).
+int64_t depthwise_nchw_grad_weight_scratch_elements(const ConvGeometry& g, const DepthwiseNchwLayout& l,
+                                                    int64_t lanes) {
+  return depthwise_nchw_scratch_elements(l, lanes) + g.in_channels * l.kernel * l.kernel * lanes;
+}
+
 int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   if (!depthwise_nchw_applies(g)) return 0;
   const int64_t planes = g.batch * g.in_channels, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
-  return std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
-                      streamed_plane_elements(planes, out_plane, element_size),
-                  depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
-                      streamed_plane_elements(planes, in_plane, element_size));
+  return std::max({depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                       streamed_plane_elements(planes, out_plane, element_size),
+                   depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
+                       streamed_plane_elements(planes, in_plane, element_size),
+                   depthwise_nchw_grad_weight_scratch_elements(g, depthwise_nchw_forward_layout(g, lanes), lanes)});
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -570,11 +611,11 @@ void depthwise_nchw_fill_plane(const DepthwiseNchwLayout& l, const scalar_t* src
 
 template <typename scalar_t>
 void depthwise_nchw_correlate_plane(const DepthwiseNchwLayout& l, const scalar_t* padded, const scalar_t* w,
-                                    scalar_t start, scalar_t* out) {
+                                    scalar_t start, const PlaneAhead<scalar_t>& ahead, scalar_t* out) {
 #define FASTCONV_CORRELATE(k, s)                                                                            \
   if (l.kernel == k && l.stride == s) {                                                                \
     FASTCONV_CALL_PLANES(depthwise_nchw_correlate<k, s, scalar_t>(padded, l.pitch, l.phase, w, start, l.out_h, \
-                                                                  l.out_w, out));                           \
+                                                                  l.out_w, ahead, out));                    \
     return;                                                                                              \
   }
   FASTCONV_DEPTHWISE_NCHW_CASES(FASTCONV_CORRELATE)
@@ -596,14 +637,20 @@ void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, 
   // layer at batch 8: forward 0.65 -> 0.57 ms, 144-channel 56x56: 0.80 -> 0.63 ms; their input
   // gradients alike).
   const int64_t compact = streamed_plane_elements(g.batch * channels, out_plane, sizeof(scalar_t));
+  // Source planes of 32 KiB or more are fetched a plane ahead (PlaneAhead). At batch 8, 2 threads: 112x112
+  // forward 0.56-0.90 -> 0.43-0.47 ms, input gradient 0.49-0.80 -> 0.40-0.44 ms, at stride 2 the input
+  // gradient 1.61-1.72 -> 1.25-1.38 ms; 56x56 planes stayed equal or lost (stride 2 forward 0.26-0.29 ->
+  // 0.36-0.42 ms), and so did 28x28.
+  const bool fetch_ahead = src_plane * int64_t(sizeof(scalar_t)) >= (32 << 10);
   at::parallel_for(0, g.batch * channels, 1, [&](int64_t p0, int64_t p1) {
     std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L) + compact);  // zeros: the padding
     scalar_t* padded = align_64(scratch.data());
     scalar_t* staged = compact > 0 ? padded + l.elements() : nullptr;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t c = p % channels;
+      const PlaneAhead<scalar_t> ahead{fetch_ahead && p + 1 < p1 ? src + (p + 1) * src_plane : nullptr, src_plane};
       depthwise_nchw_fill_plane(l, src + p * src_plane, padded);
-      depthwise_nchw_correlate_plane(l, padded, w + c * taps, bias ? bias[c] : scalar_t(0),
+      depthwise_nchw_correlate_plane(l, padded, w + c * taps, bias ? bias[c] : scalar_t(0), ahead,
                                      staged ? staged : out + p * out_plane);
       if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, out + p * out_plane, out_plane));
     }
@@ -631,6 +678,68 @@ template <typename scalar_t>
 void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   depthwise_nchw_planes(g, depthwise_nchw_grad_input_layout(g, 64 / sizeof(scalar_t)), go,
                         flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
+}
+
+// Whether a depthwise layer's weight gradient runs on NCHW planes: where its forward could, on input rows of
+// 56 or more pixels (at stride 2, of at most 64), with a channel per thread at least (one channel is one work
+// item). Measured at batch 8 against the channel blocks (MobileNetV2, 2 threads): 112x112 0.61-0.75 ->
+// 0.42-0.56 ms, 56x56 0.83-1.02 -> 0.46-0.57 ms, 56x56 at stride 2 0.41-0.53 -> 0.31-0.34 ms; the others
+// stayed faster in blocks: 112x112 at stride 2 (1.37-1.62 -> 1.75-2.09 ms), 28x28 (equal), 28x28 at stride 2
+// and 14x14, whose 14-pixel output rows leave every vector partial (0.09-0.15 -> 0.12-0.19 ms).
+bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g) {
+  if (!depthwise_nchw_applies(g) || g.in_channels < at::get_num_threads()) return false;
+  return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64);
+}
+
+// sums (taps x 64 bytes) += the products of the output-gradient plane dy with the padded input rows, per tap
+// (depthwise_nchw_weight for the layout's kernel size and stride).
+template <typename scalar_t>
+void depthwise_nchw_weight_plane(const DepthwiseNchwLayout& l, const scalar_t* padded, const scalar_t* dy,
+                                 const PlaneAhead<scalar_t>& ahead, scalar_t* sums) {
+#define FASTCONV_WEIGHT_CASE(k, s)                                                                       \
+  if (l.kernel == k && l.stride == s) {                                                                 \
+    FASTCONV_CALL_PLANES(depthwise_nchw_weight<k, s, scalar_t>(padded, l.pitch, l.phase, dy, l.out_h, l.out_w, \
+                                                               ahead, sums));                           \
+    return;                                                                                             \
+  }
+  FASTCONV_WEIGHT_CASE(3, 1) FASTCONV_WEIGHT_CASE(3, 2) FASTCONV_WEIGHT_CASE(5, 1) FASTCONV_WEIGHT_CASE(5, 2)
+#undef FASTCONV_WEIGHT_CASE
+}
+
+// gw (C, k, k): per channel, the sums over its images in order of each output-gradient plane times the input
+// plane placed as for the forward, then over the lanes in order. Each thread owns a range of channels and
+// goes through it image by image, so its planes come in memory order, each fetched while the one before is
+// computed (56x56 planes at batch 8: 0.68-1.09 ms channel by channel without fetching ahead, 0.46-0.57 ms);
+// each channel's sums still run over its images in order (deterministic).
+template <typename scalar_t>
+void depthwise_nchw_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const DepthwiseNchwLayout l = depthwise_nchw_forward_layout(g, L);
+  const int64_t channels = g.in_channels, taps = l.kernel * l.kernel;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L) + (c1 - c0) * taps * L);  // zeros
+    scalar_t* padded = align_64(scratch.data());
+    scalar_t* sums = padded + l.elements();  // taps vectors per channel of the range
+    for (int64_t n = 0; n < g.batch; ++n)
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t p = n * channels + c;
+        // The next plane of the range: fetched while this one is computed.
+        const int64_t q = c + 1 < c1 ? p + 1 : p + 1 + channels - (c1 - c0);
+        const bool last = c + 1 == c1 && n + 1 == g.batch;
+        const PlaneAhead<scalar_t> ahead{last ? nullptr : in + q * in_plane, in_plane,
+                                         last ? nullptr : go + q * out_plane, out_plane};
+        depthwise_nchw_fill_plane(l, in + p * in_plane, padded);
+        depthwise_nchw_weight_plane(l, padded, go + p * out_plane, ahead, sums + (c - c0) * taps * L);
+      }
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t t = 0; t < taps; ++t) {
+        const scalar_t* lanes = sums + ((c - c0) * taps + t) * L;
+        scalar_t total = 0;
+        for (int64_t lane = 0; lane < L; ++lane) total += lanes[lane];
+        gw[c * taps + t] = total;
+      }
+  });
 }
 
 // ---- Depthwise layers on flat planes (conv_depthwise.inc, depthwise_flat_*) ------------------------------
@@ -811,6 +920,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  if (depthwise_nchw_grad_weight_applies(g)) return depthwise_nchw_grad_weight_kernel(g, go, in, gw);
   if (depthwise_blocks_grad_weight_apply(g, sizeof(scalar_t))) return depthwise_blocks_grad_weight_kernel(g, go, in, gw);
   if (plane_copies_fit(g)) {
     const int64_t scratch_size = weight_grad_scratch_elements(g, sizeof(scalar_t));
