@@ -696,18 +696,9 @@ DEPTHWISE_NCHW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", DEPTHWISE_NCHW_CASES)
-def test_depthwise_nchw_planes(case, dtype):
-    n, c, h, w_, k, s, p = case
-    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
-    _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, 1, c, algo="direct"),
-                         lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
-
-
-# (N, C, H, W, kernel, stride, padding): depthwise layers whose weight gradient runs on NCHW planes (input
-# rows of 56 or more pixels, at stride 2 of at most 64): output rows that end inside a vector, row counts
-# that are not a multiple of four, 3x3 and 5x5, with and without padding.
+# Layers whose weight gradient also runs on NCHW planes (input rows of 56 or more pixels, at stride 2 of at
+# most 64): output rows that end inside a vector, row counts that are not a multiple of four, 3x3 and 5x5,
+# with and without padding.
 DEPTHWISE_NCHW_WEIGHT_CASES = [
     (2, 3, 9, 57, 3, 1, 1),
     (3, 4, 6, 60, 5, 1, 2),
@@ -718,8 +709,8 @@ DEPTHWISE_NCHW_WEIGHT_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", DEPTHWISE_NCHW_WEIGHT_CASES)
-def test_depthwise_nchw_weight_gradient(case, dtype):
+@pytest.mark.parametrize("case", DEPTHWISE_NCHW_CASES + DEPTHWISE_NCHW_WEIGHT_CASES)
+def test_depthwise_nchw_planes(case, dtype):
     n, c, h, w_, k, s, p = case
     x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
     _check_against_torch(lambda: FC.conv2d(x, w, b, s, p, 1, c, algo="direct"),
