@@ -719,24 +719,32 @@ def test_depthwise_nchw_planes(case, dtype):
 
 def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
     # 58-pixel rows at stride 2 without padding: column 57 is read by no output, but by the lanes past the
-    # end of each output row's last vector; an infinite input there must not reach the weight gradient. The
-    # sums are one thread's per channel, in a fixed order: bitwise equal on 1 and 2 threads.
+    # end of each output row's last vector; an infinite input there must not reach the weight gradient,
+    # computed alone or in one pass with the input gradient. The sums are one thread's per channel, in a
+    # fixed order: bitwise equal on 1 and 2 threads.
     x = torch.randn(2, 4, 6, 58)
     x[1, 2, 3, 57] = float("inf")
-    w = torch.randn(4, 1, 3, 3)
+    x.requires_grad_()
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
     grad_out = torch.randn(2, 4, 2, 28)
-    want = torch.autograd.grad(F.conv2d(x, w.requires_grad_(), None, 2, 0, 1, 4), [w], grad_out)[0]
-    assert torch.isfinite(want).all()
+    want = torch.autograd.grad(F.conv2d(x, w, None, 2, 0, 1, 4), [x, w], grad_out)
+    assert torch.isfinite(want[1]).all()
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append(torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [w], grad_out)[0])
+            weight_only = torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [w], grad_out)
+            both = torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [x, w], grad_out)
+            results.append((*weight_only, *both))
     finally:
         torch.set_num_threads(previous)
-    torch.testing.assert_close(results[0], want, **TOL[torch.float32])
-    assert torch.equal(results[0], results[1])
+    weight_only, grad_input, grad_weight = results[0]
+    torch.testing.assert_close(weight_only, want[1], **TOL[torch.float32])
+    torch.testing.assert_close(grad_weight, want[1], **TOL[torch.float32])
+    torch.testing.assert_close(grad_input, want[0], **TOL[torch.float32])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 # (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at

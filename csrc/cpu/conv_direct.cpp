@@ -581,6 +581,17 @@ int64_t depthwise_nchw_grad_weight_scratch_elements(const ConvGeometry& g, const
   return depthwise_nchw_scratch_elements(l, lanes) + g.in_channels * l.kernel * l.kernel * lanes;
 }
 
+// Both gradients in one pass (depthwise_nchw_grad_input_weight_kernel), for a range of `channels`: the
+// padded output-gradient rows, the padded input rows, the weight gradient's sums and, where the input
+// gradient is streamed, a staging plane.
+int64_t depthwise_nchw_grad_input_weight_scratch_elements(const ConvGeometry& g, int64_t channels,
+                                                          int64_t element_size) {
+  const int64_t lanes = 64 / element_size;
+  const DepthwiseNchwLayout gi = depthwise_nchw_grad_input_layout(g, lanes), fw = depthwise_nchw_forward_layout(g, lanes);
+  return lanes + gi.elements() + fw.elements() + channels * fw.kernel * fw.kernel * lanes +
+         streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
+}
+
 int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   if (!depthwise_nchw_applies(g)) return 0;
@@ -589,7 +600,8 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
                        streamed_plane_elements(planes, out_plane, element_size),
                    depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
                        streamed_plane_elements(planes, in_plane, element_size),
-                   depthwise_nchw_grad_weight_scratch_elements(g, depthwise_nchw_forward_layout(g, lanes), lanes)});
+                   depthwise_nchw_grad_weight_scratch_elements(g, depthwise_nchw_forward_layout(g, lanes), lanes),
+                   depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size)});
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -706,6 +718,32 @@ void depthwise_nchw_weight_plane(const DepthwiseNchwLayout& l, const scalar_t* p
 #undef FASTCONV_WEIGHT_CASE
 }
 
+// fn(p, c, next) for the planes p = n * channels + c of the channels [c0, c1), image by image (so in memory
+// order within each image); `next` is the plane after p in that order, or -1 after the last.
+template <typename Fn>
+void for_planes_by_image(int64_t batch, int64_t channels, int64_t c0, int64_t c1, const Fn& fn) {
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t p = n * channels + c;
+      const bool last = c + 1 == c1 && n + 1 == batch;
+      fn(p, c, last ? int64_t(-1) : c + 1 < c1 ? p + 1 : p + 1 + channels - (c1 - c0));
+    }
+}
+
+// gw[c] (taps values) = the sums over the 64 bytes of lanes of each of channel c's tap vectors in `sums`, in
+// lane order, for the channels [c0, c1) whose vectors `sums` holds in turn.
+template <typename scalar_t>
+void depthwise_sum_lanes(const scalar_t* sums, int64_t c0, int64_t c1, int64_t taps, scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t t = 0; t < taps; ++t) {
+      const scalar_t* lanes = sums + ((c - c0) * taps + t) * L;
+      scalar_t total = 0;
+      for (int64_t lane = 0; lane < L; ++lane) total += lanes[lane];
+      gw[c * taps + t] = total;
+    }
+}
+
 // gw (C, k, k): per channel, the sums over its images in order of each output-gradient plane times the input
 // plane placed as for the forward, then over the lanes in order. Each thread owns a range of channels and
 // goes through it image by image, so its planes come in memory order, each fetched while the one before is
@@ -721,24 +759,52 @@ void depthwise_nchw_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go
     std::vector<scalar_t> scratch(depthwise_nchw_scratch_elements(l, L) + (c1 - c0) * taps * L);  // zeros
     scalar_t* padded = align_64(scratch.data());
     scalar_t* sums = padded + l.elements();  // taps vectors per channel of the range
-    for (int64_t n = 0; n < g.batch; ++n)
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t p = n * channels + c;
-        // The next plane of the range: fetched while this one is computed.
-        const int64_t q = c + 1 < c1 ? p + 1 : p + 1 + channels - (c1 - c0);
-        const bool last = c + 1 == c1 && n + 1 == g.batch;
-        const PlaneAhead<scalar_t> ahead{last ? nullptr : in + q * in_plane, in_plane,
-                                         last ? nullptr : go + q * out_plane, out_plane};
-        depthwise_nchw_fill_plane(l, in + p * in_plane, padded);
-        depthwise_nchw_weight_plane(l, padded, go + p * out_plane, ahead, sums + (c - c0) * taps * L);
-      }
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t t = 0; t < taps; ++t) {
-        const scalar_t* lanes = sums + ((c - c0) * taps + t) * L;
-        scalar_t total = 0;
-        for (int64_t lane = 0; lane < L; ++lane) total += lanes[lane];
-        gw[c * taps + t] = total;
-      }
+    for_planes_by_image(g.batch, channels, c0, c1, [&](int64_t p, int64_t c, int64_t next) {
+      const PlaneAhead<scalar_t> ahead{next < 0 ? nullptr : in + next * in_plane, in_plane,
+                                       next < 0 ? nullptr : go + next * out_plane, out_plane};
+      depthwise_nchw_fill_plane(l, in + p * in_plane, padded);
+      depthwise_nchw_weight_plane(l, padded, go + p * out_plane, ahead, sums + (c - c0) * taps * L);
+    });
+    depthwise_sum_lanes(sums, c0, c1, taps, gw);
+  });
+}
+
+// Both gradients of a layer that takes each on NCHW planes, in one pass: plane by plane, the output-gradient
+// plane is placed for the input gradient and correlated with the flipped taps, then, still in the caches,
+// multiplied into the weight gradient's sums with the input plane, so the output gradient comes from memory
+// once instead of twice. Work is split by channels as in depthwise_nchw_grad_weight_kernel (each channel's
+// sums in the same order: the same results), the next planes fetched while one is computed.
+template <typename scalar_t>
+void depthwise_nchw_grad_input_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in,
+                                             const scalar_t* w, scalar_t* gi, scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const DepthwiseNchwLayout gi_layout = depthwise_nchw_grad_input_layout(g, L);
+  const DepthwiseNchwLayout w_layout = depthwise_nchw_forward_layout(g, L);
+  const int64_t channels = g.in_channels, taps = w_layout.kernel * w_layout.kernel;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const std::vector<scalar_t> flipped = flipped_depthwise_taps(g, w);
+  const int64_t compact = streamed_plane_elements(g.batch * channels, in_plane, sizeof(scalar_t));
+  at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> scratch(
+        depthwise_nchw_grad_input_weight_scratch_elements(g, c1 - c0, sizeof(scalar_t)));  // zeros: the padding
+    scalar_t* padded_go = align_64(scratch.data());
+    scalar_t* padded_in = padded_go + gi_layout.elements();
+    scalar_t* sums = padded_in + w_layout.elements();  // taps vectors per channel of the range
+    scalar_t* staged = compact > 0 ? sums + (c1 - c0) * taps * L : nullptr;
+    for_planes_by_image(g.batch, channels, c0, c1, [&](int64_t p, int64_t c, int64_t next) {
+      const PlaneAhead<scalar_t> ahead{next < 0 ? nullptr : go + next * out_plane, out_plane,
+                                       next < 0 ? nullptr : in + next * in_plane, in_plane};
+      scalar_t* gi_plane = gi + p * in_plane;
+      depthwise_nchw_fill_plane(gi_layout, go + p * out_plane, padded_go);
+      depthwise_nchw_correlate_plane(gi_layout, padded_go, flipped.data() + c * taps, scalar_t(0), ahead,
+                                     staged ? staged : gi_plane);
+      if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, gi_plane, in_plane));
+      depthwise_nchw_fill_plane(w_layout, in + p * in_plane, padded_in);
+      depthwise_nchw_weight_plane(w_layout, padded_in, go + p * out_plane, PlaneAhead<scalar_t>{},
+                                  sums + (c - c0) * taps * L);
+    });
+    if (staged) FASTCONV_CALL_PLANES(finish_streaming());
+    depthwise_sum_lanes(sums, c0, c1, taps, gw);
   });
 }
 
@@ -1743,6 +1809,17 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
     output_mask[1] = false;
   }
   AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
+    // Where the weight gradient runs on NCHW planes, so does the input gradient (its rows are too wide
+    // for the flat planes): both in one pass when both are asked for.
+    if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_weight_applies(g)) {
+      grad_input = empty_output(input_any.sizes(), input_any.options());
+      grad_weight = at::empty(weight.sizes(), weight.options());
+      depthwise_nchw_grad_input_weight_kernel<scalar_t>(
+          g, grad_output().const_data_ptr<scalar_t>(), input().const_data_ptr<scalar_t>(),
+          weight.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+          grad_weight.mutable_data_ptr<scalar_t>());
+      output_mask[0] = output_mask[1] = false;
+    }
     if (output_mask[0]) {
       grad_input = empty_output(input_any.sizes(), input_any.options());
       grad_input_kernel<scalar_t>(g, grad_output().const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
