@@ -100,7 +100,31 @@ def _conv_param(value, name, spatial_dims):
     return [int(v) for v in values]
 
 
+def _plain_dims(value, dims):
+    """value as a list of `dims` ints where it is a plain int or a tuple or list of `dims` plain ints, all
+    within int64 (what layers and most callers pass); None for anything else."""
+    if type(value) is int:
+        return [value] * dims if -(2**63) <= value < 2**63 else None
+    if type(value) in (tuple, list) and len(value) == dims:
+        for v in value:
+            if type(v) is not int or not -(2**63) <= v < 2**63:
+                return None
+        return list(value)
+    return None
+
+
 def _conv(spatial_dims, name, input, weight, bias, stride, padding, dilation, groups, algo):
+    # The common call: batched CPU tensors and plain int arguments go straight to the op (the op checks
+    # their values); everything else takes the full checks and conversions below, with torch's errors.
+    if (algo in CONV_ALGOS and type(groups) is int and isinstance(input, torch.Tensor)
+            and isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))
+            and input.is_cpu and input.dim() == spatial_dims + 2 and -(2**63) <= groups < 2**63):
+        stride_dims = _plain_dims(stride, spatial_dims)
+        padding_dims = _plain_dims(padding, spatial_dims)
+        dilation_dims = _plain_dims(dilation, spatial_dims)
+        if stride_dims is not None and padding_dims is not None and dilation_dims is not None:
+            op = _ops_ns.conv1d if spatial_dims == 1 else _ops_ns.conv2d
+            return op(input, weight, bias, stride_dims, padding_dims, dilation_dims, groups, algo)
     if algo not in CONV_ALGOS:
         raise ValueError(f"{name}: algo must be one of {CONV_ALGOS}, got {algo!r}")
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
