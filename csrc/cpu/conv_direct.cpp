@@ -580,11 +580,15 @@ DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int6
 // streamed, a staging plane: see depthwise_nchw_planes).
 int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
 
-// The weight gradient's: the padded rows, then a 64-byte vector of sums per tap and channel (of a thread's
-// range of them: all of them at most).
-int64_t depthwise_nchw_grad_weight_scratch_elements(const ConvGeometry& g, const DepthwiseNchwLayout& l,
-                                                    int64_t lanes) {
-  return depthwise_nchw_scratch_elements(l, lanes) + g.in_channels * l.kernel * l.kernel * lanes;
+// Whether a depthwise layer's weight gradient runs on NCHW planes: where its forward could, on input rows of
+// 56 or more pixels (at stride 2, of at most 64), with a channel per thread at least (one channel is one work
+// item). Measured at batch 8 against the channel blocks (MobileNetV2, 2 threads): 112x112 0.61-0.75 ->
+// 0.42-0.56 ms, 56x56 0.83-1.02 -> 0.46-0.57 ms, 56x56 at stride 2 0.41-0.53 -> 0.31-0.34 ms; the others
+// stayed faster in blocks: 112x112 at stride 2 (1.37-1.62 -> 1.75-2.09 ms), 28x28 (equal), 28x28 at stride 2
+// and 14x14, whose 14-pixel output rows leave every vector partial (0.09-0.15 -> 0.12-0.19 ms).
+bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g) {
+  if (!depthwise_nchw_applies(g) || g.in_channels < at::get_num_threads()) return false;
+  return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64);
 }
 
 // Both gradients in one pass (depthwise_nchw_grad_input_weight_kernel), for a range of `channels`: the
@@ -602,12 +606,15 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
   const int64_t lanes = 64 / element_size;
   if (!depthwise_nchw_applies(g)) return 0;
   const int64_t planes = g.batch * g.in_channels, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
-  return std::max({depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
-                       streamed_plane_elements(planes, out_plane, element_size),
-                   depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
-                       streamed_plane_elements(planes, in_plane, element_size),
-                   depthwise_nchw_grad_weight_scratch_elements(g, depthwise_nchw_forward_layout(g, lanes), lanes),
-                   depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size)});
+  const int64_t most =
+      std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                   streamed_plane_elements(planes, out_plane, element_size),
+               depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
+                   streamed_plane_elements(planes, in_plane, element_size));
+  // Where the weight gradient runs on NCHW planes: the one-pass kernel's scratch for all channels, which
+  // covers the weight gradient's alone (its padded rows and sums) too.
+  if (!depthwise_nchw_grad_weight_applies(g)) return most;
+  return std::max(most, depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size));
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -696,17 +703,6 @@ template <typename scalar_t>
 void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   depthwise_nchw_planes(g, depthwise_nchw_grad_input_layout(g, 64 / sizeof(scalar_t)), go,
                         flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
-}
-
-// Whether a depthwise layer's weight gradient runs on NCHW planes: where its forward could, on input rows of
-// 56 or more pixels (at stride 2, of at most 64), with a channel per thread at least (one channel is one work
-// item). Measured at batch 8 against the channel blocks (MobileNetV2, 2 threads): 112x112 0.61-0.75 ->
-// 0.42-0.56 ms, 56x56 0.83-1.02 -> 0.46-0.57 ms, 56x56 at stride 2 0.41-0.53 -> 0.31-0.34 ms; the others
-// stayed faster in blocks: 112x112 at stride 2 (1.37-1.62 -> 1.75-2.09 ms), 28x28 (equal), 28x28 at stride 2
-// and 14x14, whose 14-pixel output rows leave every vector partial (0.09-0.15 -> 0.12-0.19 ms).
-bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g) {
-  if (!depthwise_nchw_applies(g) || g.in_channels < at::get_num_threads()) return false;
-  return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64);
 }
 
 // sums (taps x 64 bytes) += the products of the output-gradient plane dy with the padded input rows, per tap
