@@ -544,7 +544,7 @@ bool depthwise_nchw_applies(const ConvGeometry& g) {
 // The padded rows of one source plane (src_h x src_w) and the out_h x out_w plane computed from them (see
 // depthwise_nchw_fill and depthwise_nchw_correlate): `rows` rows of `pitch` elements, each holding its
 // `stride` column phases `phase` elements apart, wide enough for the last vector's reach. With step 2 the
-// source lands upsampled (depthwise_nchw_fill_upsampled; stride 1).
+// source lands upsampled (depthwise_nchw_fill_upsampled_from; stride 1).
 struct DepthwiseNchwLayout {
   int64_t kernel, stride, src_h, src_w, top, left, out_h, out_w;
   int64_t step = 1;
@@ -623,8 +623,8 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
 template <typename scalar_t>
 void depthwise_nchw_fill_plane(const DepthwiseNchwLayout& l, const scalar_t* src, scalar_t* padded) {
   if (l.step == 2)
-    FASTCONV_CALL_PLANES(depthwise_nchw_fill_upsampled<scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows,
-                                                                 l.pitch, padded));
+    FASTCONV_CALL_PLANES(depthwise_nchw_fill<0, scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows, l.pitch,
+                                                          l.phase, padded));
   else if (l.stride == 1)
     FASTCONV_CALL_PLANES(depthwise_nchw_fill<1, scalar_t>(src, l.src_h, l.src_w, l.top, l.left, l.rows, l.pitch,
                                                           l.phase, padded));
