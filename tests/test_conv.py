@@ -697,14 +697,16 @@ DEPTHWISE_NCHW_CASES = [
 
 
 # Layers whose weight gradient also runs on NCHW planes (input rows of 56 or more pixels, at stride 2 of at
-# most 64): output rows that end inside a vector, row counts that are not a multiple of four, 3x3 and 5x5,
-# with and without padding.
+# most 64, or wider in one pass with the input gradient): output rows that end inside a vector, row counts
+# that are not a multiple of four, 3x3 and 5x5, with and without padding.
 DEPTHWISE_NCHW_WEIGHT_CASES = [
     (2, 3, 9, 57, 3, 1, 1),
     (3, 4, 6, 60, 5, 1, 2),
     (2, 3, 7, 56, 3, 2, 1),
     (2, 2, 5, 63, 5, 2, 0),
     (1, 2, 4, 112, 3, 1, 0),
+    (2, 3, 7, 113, 3, 2, 1),
+    (1, 2, 6, 70, 5, 2, 2),
 ]
 
 

@@ -582,15 +582,18 @@ DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int6
 // streamed, a staging plane: see depthwise_nchw_planes).
 int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
 
-// Whether a depthwise layer's weight gradient runs on NCHW planes: where its forward could, on input rows of
-// 56 or more pixels (at stride 2, of at most 64), with a channel per thread at least (one channel is one work
-// item). Measured at batch 8 against the channel blocks (MobileNetV2, 2 threads): 112x112 0.61-0.75 ->
-// 0.42-0.56 ms, 56x56 0.83-1.02 -> 0.46-0.57 ms, 56x56 at stride 2 0.41-0.53 -> 0.31-0.34 ms; the others
-// stayed faster in blocks: 112x112 at stride 2 (1.37-1.62 -> 1.75-2.09 ms), 28x28 (equal), 28x28 at stride 2
-// and 14x14, whose 14-pixel output rows leave every vector partial (0.09-0.15 -> 0.12-0.19 ms).
-bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g) {
+// Whether a depthwise layer's weight gradient runs on NCHW planes, alone or (with_input_gradient) in one
+// pass with the input gradient: where its forward could, on input rows of 56 or more pixels (at stride 2, of
+// at most 64, or wider in one pass), with a channel per thread at least (one channel is one work item).
+// Measured at batch 8 against the channel blocks (MobileNetV2, 2 threads), alone: 112x112 0.61-0.75 ->
+// 0.42-0.56 ms, 56x56 0.83-1.02 -> 0.46-0.57 ms, 56x56 at stride 2 0.41-0.53 -> 0.31-0.34 ms; both
+// gradients at 112x112, stride 2: 3.56-4.44 -> 3.14-4.06 ms, where alone it lost (1.70-1.99 -> 1.86-2.59
+// ms). The others stayed faster in blocks: 28x28 (equal alone; both gradients at stride 1 or 2 equal or
+// slower), 28x28 at stride 2 and 14x14, whose 14-pixel output rows leave every vector partial (alone
+// 0.09-0.15 -> 0.12-0.19 ms; both gradients 0.18-0.26 -> 0.29-0.46 ms).
+bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g, bool with_input_gradient) {
   if (!depthwise_nchw_applies(g) || g.in_channels < at::get_num_threads()) return false;
-  return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64);
+  return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64 || with_input_gradient);
 }
 
 // Both gradients in one pass (depthwise_nchw_grad_input_weight_kernel), for a range of `channels`: the
@@ -613,9 +616,10 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
                    streamed_plane_elements(planes, out_plane, element_size),
                depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
                    streamed_plane_elements(planes, in_plane, element_size));
-  // Where the weight gradient runs on NCHW planes: the one-pass kernel's scratch for all channels, which
-  // covers the weight gradient's alone (its padded rows and sums) too.
-  if (!depthwise_nchw_grad_weight_applies(g)) return most;
+  // Where the weight gradient runs on NCHW planes (at least in one pass with the input gradient): the
+  // one-pass kernel's scratch for all channels, which covers the weight gradient's alone (its padded rows and
+  // sums) too.
+  if (!depthwise_nchw_grad_weight_applies(g, true)) return most;
   return std::max(most, depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size));
 }
 
@@ -990,7 +994,7 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
-  if (depthwise_nchw_grad_weight_applies(g)) return depthwise_nchw_grad_weight_kernel(g, go, in, gw);
+  if (depthwise_nchw_grad_weight_applies(g, false)) return depthwise_nchw_grad_weight_kernel(g, go, in, gw);
   if (depthwise_blocks_grad_weight_apply(g, sizeof(scalar_t))) return depthwise_blocks_grad_weight_kernel(g, go, in, gw);
   if (plane_copies_fit(g)) {
     const int64_t scratch_size = weight_grad_scratch_elements(g, sizeof(scalar_t));
@@ -1815,7 +1819,7 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
     // Where the weight gradient runs on NCHW planes, so does the input gradient (its rows are too wide
     // for the flat planes): both in one pass when both are asked for.
-    if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_weight_applies(g)) {
+    if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_weight_applies(g, true)) {
       grad_input = empty_output(input_any.sizes(), input_any.options());
       grad_weight = at::empty(weight.sizes(), weight.options());
       depthwise_nchw_grad_input_weight_kernel<scalar_t>(
