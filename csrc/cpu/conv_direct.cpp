@@ -100,12 +100,10 @@ struct PlaneAhead {
 #undef FASTCONV_ISA_TARGET
 #define FASTCONV_ISA_NS planes_avx2
 #define FASTCONV_ISA_TARGET __attribute__((target("avx2,fma")))
-#define FASTCONV_ISA_AVX2 1
 #define FASTCONV_PLANES_VECTOR_BYTES 32
 #include "cpu/conv_planes.inc"
 #include "cpu/conv_depthwise.inc"
 #undef FASTCONV_PLANES_VECTOR_BYTES
-#undef FASTCONV_ISA_AVX2
 #undef FASTCONV_ISA_NS
 #undef FASTCONV_ISA_TARGET
 #define FASTCONV_PLANES_X86 1
