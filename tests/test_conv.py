@@ -74,7 +74,8 @@ CONV2D_CASES = [
     (1, 4, 6, 6, 4, 3, 2, 3, 1, 2, True),
     (2, 6, 9, 20, 6, (2, 4), (2, 1), (1, 2), 1, 6, False),
     (1, 2, 5, 64, 2, 3, 1, 1, 1, 2, False),
-    (2, 16, 9, 11, 16, 3, 1, 1, 1, 2, True),       # 8 channels per group each side: four outputs at a time
+    (2, 16, 9, 11, 16, 3, 1, 1, 1, 2, True),       # 8 channels per group each side: eight outputs at a time
+    (2, 24, 9, 10, 24, 3, 1, 1, 1, 2, True),       # 12 per group each side: eight outputs, then four
     (1, 20, 10, 9, 10, 3, 2, 1, 1, 2, False),      # 10 input and 5 output channels per group, stride 2
     # Blocked kernels on inputs of 2 and 4 channels (interleaved into the padded copy, no transpose).
     (2, 2, 11, 12, 16, 3, 1, 1, 1, 1, True),
@@ -353,9 +354,9 @@ def test_im2col_workspace_cap_blocks_rows(monkeypatch):
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
     # direct needs no column buffer: its plane kernels (7 output channels) use, per thread, a padded copy
     # of one image's planes (its 5 input planes, or the 7 output-gradient planes of the input gradient)
-    # and the grids of four outputs computed together.
+    # and the grids of up to eight outputs computed together.
     direct = torch.ops.fastconv.conv2d_workspace_bytes(x, w, [1, 1], [1, 1], [1, 1], 1, "direct")
-    assert 0 < direct <= torch.get_num_threads() * 8 * (7 * (19 * 15 + 2 + 64) + 4 * (17 * 15 + 64))
+    assert 0 < direct <= torch.get_num_threads() * 8 * (7 * (19 * 15 + 2 + 64) + 8 * (17 * 15 + 64))
 
 
 def test_torch_compile_fullgraph():

@@ -168,12 +168,19 @@ bool plane_grad_input_uses_padding(const ConvGeometry& g) {
   return plane_copies_fit(g) && rows * cols <= 4.0 * double(g.in_h) * double(g.in_w) + 4096.0;
 }
 
+// The most output grids the plane kernels of any instruction set fill at once (kGridOutputs).
+constexpr int64_t kMostGridOutputs = 8;
+#ifdef FASTCONV_PLANES_X86
+static_assert(planes_avx512::kGridOutputs <= kMostGridOutputs && planes_avx2::kGridOutputs <= kMostGridOutputs);
+#endif
+static_assert(planes_baseline::kGridOutputs <= kMostGridOutputs);
+
 // Elements of one thread's scratch in forward_planes_padded: the group's phase planes and the output
 // grids of the channels computed together.
 int64_t plane_scratch_elements(const ConvGeometry& g) {
   const planes_baseline::PhasePlanes l = planes_baseline::phase_planes(g);
   return g.in_channels_per_group() * l.elements +
-         planes_baseline::kGridOutputs * (g.out_h * l.cols + planes_baseline::kPaddedChunk);
+         kMostGridOutputs * (g.out_h * l.cols + planes_baseline::kPaddedChunk);
 }
 
 // Elements of one thread's scratch in grad_weight_rows_padded: phase planes of a batch of images, the
@@ -189,7 +196,7 @@ int64_t weight_grad_scratch_elements(const ConvGeometry& g, int64_t element_size
 int64_t grad_input_scratch_elements(const ConvGeometry& g) {
   const planes_baseline::UpsampledPlanes u = planes_baseline::upsampled_planes(g);
   return g.out_channels_per_group() * u.elements +
-         planes_baseline::kGridOutputs * (g.in_h * u.cols + planes_baseline::kPaddedChunk);
+         kMostGridOutputs * (g.in_h * u.cols + planes_baseline::kPaddedChunk);
 }
 
 // Extra scratch elements per thread for a plane kernel writing `planes` planes of `plane` elements: where
