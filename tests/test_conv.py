@@ -792,6 +792,48 @@ def test_depthwise_flat_planes_stream_large_outputs():
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
+# (N, C, H, W, kernel, padding): depthwise 3x3 and 5x5 layers at stride 2 whose input rows fit two vectors
+# and output rows one, whose forward runs row by row on the input in place (AVX-512): odd and even sizes,
+# paddings from none to the kernel's reach, rows of exactly two vectors of floats (32) or of doubles (16),
+# 1x1 planes, one-row outputs, planes whose last rows end inside a vector.
+DEPTHWISE_STRIDE2_ROWS_CASES = [
+    (2, 5, 14, 14, 3, 1),
+    (2, 3, 28, 28, 3, 1),
+    (3, 4, 7, 7, 3, 1),
+    (2, 3, 13, 9, 3, 0),
+    (2, 3, 9, 13, 3, 2),
+    (1, 3, 15, 15, 5, 2),
+    (2, 2, 10, 27, 5, 1),
+    (2, 3, 12, 12, 5, 4),
+    (2, 3, 1, 1, 3, 1),
+    (1, 2, 2, 28, 3, 1),
+    (2, 3, 25, 26, 5, 0),
+    (2, 3, 6, 32, 3, 1),
+    (2, 3, 5, 16, 5, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_STRIDE2_ROWS_CASES)
+def test_depthwise_stride2_narrow_rows(case, dtype):
+    n, c, h, w_, k, p = case
+    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, 2, p, 1, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, 2, p, 1, c), (x, w, b), TOL[dtype])
+
+
+def test_depthwise_stride2_narrow_rows_keep_non_finite_inputs_in_place():
+    # Each row's vectors are read past the row (into the next rows) and those lanes dropped: an infinite
+    # input reaches only the outputs whose taps read it, as in torch.
+    x = torch.randn(2, 6, 14, 14)
+    x[1, 2, 3, 13] = float("inf")
+    x[0, 4, 13, 0] = float("nan")
+    w = torch.randn(6, 1, 3, 3)
+    for padding in (0, 1):
+        torch.testing.assert_close(FC.conv2d(x, w, None, 2, padding, 1, 6, algo="direct"),
+                                   F.conv2d(x, w, None, 2, padding, 1, 6), equal_nan=True, **TOL[torch.float32])
+
+
 def test_depthwise_channel_blocks_threads_agree_bitwise():
     # Each channel block's weight gradient is one thread's sum over the images in order.
     x, w, b = _make((4, 64, 12, 12), (64, 1, 3, 3), 64, True, torch.float32)

@@ -27,7 +27,8 @@
 // Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
 // NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; at stride 1 with the
 // padding (k - 1) / 2 and rows of at most 28 pixels, on flat planes (depthwise_flat_*), vectorised along
-// the whole plane, rows included.
+// the whole plane, rows included; at stride 2 with rows of at most two vectors, the forward row by row from
+// the input in place (depthwise_stride2_rows).
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -955,6 +956,52 @@ void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
   depthwise_flat_planes(g, go, flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
 }
 
+// ---- Depthwise forward at stride 2 on narrow rows (conv_depthwise.inc, depthwise_stride2_rows) ----------
+
+// Whether a depthwise layer's forward runs on narrow rows in place: with AVX-512 (its permutes), square 3x3
+// or 5x5 kernels, undilated, stride 2, a padding within the kernel's reach, input rows of at most two
+// vectors and output rows of at most one.
+bool depthwise_stride2_rows_applies(const ConvGeometry& g, int64_t element_size) {
+  const int64_t k = g.kernel_h, lanes = 64 / element_size;
+  if (active_cpu_isa() != CpuIsa::Avx512 || !square_depthwise_3x3_or_5x5(g)) return false;
+  if (g.stride_h != 2 || g.stride_w != 2 || g.pad_h > k - 1 || g.pad_w > k - 1) return false;
+  return g.in_w <= 2 * lanes && g.out_w <= lanes;
+}
+
+// out (N, C, out_h, out_w) = each input plane's correlation with its channel's taps, from the channel's
+// bias (null: zero); one plane per work item.
+template <typename scalar_t>
+void depthwise_stride2_rows_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w,
+                                           const scalar_t* bias, scalar_t* out) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, taps = k * k, channels = g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  // Per kernel column, the source column of each output lane and the lanes inside the row.
+  std::vector<planes_baseline::LaneIndex<scalar_t>> columns(k * L, 0);
+  std::vector<uint32_t> inside(k, 0);
+  for (int64_t kj = 0; kj < k; ++kj)
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t column = 2 * l + kj - g.pad_w;
+      if (column < 0 || column >= g.in_w) continue;
+      columns[kj * L + l] = planes_baseline::LaneIndex<scalar_t>(column);
+      inside[kj] |= 1u << l;
+    }
+  at::parallel_for(0, g.batch * channels, depthwise_plane_grain(out_plane), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % channels;
+      const scalar_t start = bias ? bias[c] : scalar_t(0);
+      if (k == 3)
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows<3, scalar_t>(in + p * in_plane, g.in_h, g.in_w, g.pad_h,
+                                                                 columns.data(), inside.data(), w + c * taps, start,
+                                                                 g.out_h, g.out_w, out + p * out_plane));
+      else
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows<5, scalar_t>(in + p * in_plane, g.in_h, g.in_w, g.pad_h,
+                                                                 columns.data(), inside.data(), w + c * taps, start,
+                                                                 g.out_h, g.out_w, out + p * out_plane));
+    }
+  });
+}
+
 // The forward, input gradient and weight gradient of the layers the blocked kernel does not take:
 // depthwise layers in channel blocks where those apply, the plane kernels otherwise. The forward starts
 // each output plane from its channel's bias (null: none), so the bias costs no pass of its own (after
@@ -964,6 +1011,8 @@ template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_planes(g, in, w, bias, out);
+  if (depthwise_stride2_rows_applies(g, sizeof(scalar_t)))
+    return depthwise_stride2_rows_forward_kernel(g, in, w, bias, out);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
   if (plane_copies_fit(g)) {
