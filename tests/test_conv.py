@@ -793,7 +793,7 @@ def test_depthwise_flat_planes_stream_large_outputs():
 
 
 # (N, C, H, W, kernel, padding): depthwise 3x3 and 5x5 layers at stride 2 whose input rows fit two vectors
-# and output rows one, whose forward runs row by row on the input in place (AVX-512): odd and even sizes,
+# and output rows one, whose three passes run row by row on the planes in place (AVX-512): odd and even sizes,
 # paddings from none to the kernel's reach, rows of exactly two vectors of floats (32) or of doubles (16),
 # 1x1 planes, one-row outputs, planes whose last rows end inside a vector.
 DEPTHWISE_STRIDE2_ROWS_CASES = [
@@ -832,6 +832,32 @@ def test_depthwise_stride2_narrow_rows_keep_non_finite_inputs_in_place():
     for padding in (0, 1):
         torch.testing.assert_close(FC.conv2d(x, w, None, 2, padding, 1, 6, algo="direct"),
                                    F.conv2d(x, w, None, 2, padding, 1, 6), equal_nan=True, **TOL[torch.float32])
+
+
+def test_depthwise_stride2_narrow_rows_weight_gradient_unread_pixels_and_threads():
+    # Without padding, a 28x28 plane's last row and column are read by no output of a 3x3 stride-2 layer,
+    # but by the lanes past each 13-pixel output row: an infinite input there must not reach the weight
+    # gradient. Each channel's sums are one thread's, in a fixed order: bitwise equal on 1 and 2 threads.
+    x = torch.randn(3, 6, 28, 28)
+    x[1, 2, 3, 27] = float("inf")
+    x[2, 4, 27, 2] = float("-inf")
+    x.requires_grad_()
+    w = torch.randn(6, 1, 3, 3, requires_grad=True)
+    grad_out = torch.randn(3, 6, 13, 13)
+    want = torch.autograd.grad(F.conv2d(x, w, None, 2, 0, 1, 6), [x, w], grad_out)
+    assert torch.isfinite(want[1]).all()
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 6, algo="direct"), [x, w], grad_out))
+    finally:
+        torch.set_num_threads(previous)
+    for got, expected in zip(results[0], want):
+        torch.testing.assert_close(got, expected, **TOL[torch.float32])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_depthwise_channel_blocks_threads_agree_bitwise():

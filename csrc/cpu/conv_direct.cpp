@@ -27,8 +27,9 @@
 // Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
 // NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; at stride 1 with the
 // padding (k - 1) / 2 and rows of at most 28 pixels, on flat planes (depthwise_flat_*), vectorised along
-// the whole plane, rows included; at stride 2 with rows of at most two vectors, the forward row by row from
-// the input in place (depthwise_stride2_rows).
+// the whole plane, rows included; at stride 2 with input rows of at most two vectors and output rows of at
+// most one, the forward and input gradient (and where those rows fill more than half a vector, the weight
+// gradient) row by row from the planes in place (depthwise_stride2_rows*).
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -536,6 +537,24 @@ bool square_depthwise_3x3_or_5x5(const ConvGeometry& g) {
          (k == 3 || k == 5) && g.dil_h == 1 && g.dil_w == 1;
 }
 
+// Whether a depthwise layer runs on narrow rows at stride 2 (depthwise_stride2_rows*: the forward and the
+// input gradient, and the weight gradient where depthwise_stride2_rows_weight_applies):
+// with AVX-512 (its permutes), square 3x3 or 5x5 kernels, undilated, stride 2, a padding within the
+// kernel's reach, input rows of at most two vectors and output rows of at most one.
+bool depthwise_stride2_rows_apply(const ConvGeometry& g, int64_t element_size) {
+  const int64_t k = g.kernel_h, lanes = 64 / element_size;
+  if (active_cpu_isa() != CpuIsa::Avx512 || !square_depthwise_3x3_or_5x5(g)) return false;
+  if (g.stride_h != 2 || g.stride_w != 2 || g.pad_h > k - 1 || g.pad_w > k - 1) return false;
+  return g.in_w <= 2 * lanes && g.out_w <= lanes;
+}
+
+// Their weight gradient, where the output rows fill more than half a vector: with fewer lanes in use, the
+// channel blocks were faster (MobileNetV2's 576-channel 14x14 -> 7x7 layer at batch 8, 7 of 16 lanes:
+// forward and weight gradient 0.34-0.35 ms with the weight gradient in blocks, 0.38-0.39 ms on rows).
+bool depthwise_stride2_rows_weight_applies(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_stride2_rows_apply(g, element_size) && 2 * g.out_w > 64 / element_size;
+}
+
 // Whether a pass of a depthwise layer runs on NCHW planes: square 3x3 or 5x5 kernels, undilated, stride 1
 // or 2, a padding within the kernel's reach (so the input gradient's border, k - 1 - pad, is not negative)
 // and input and output rows of at least kDepthwiseNchwMinWidth pixels (the same rule for both passes).
@@ -956,16 +975,53 @@ void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
   depthwise_flat_planes(g, go, flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
 }
 
-// ---- Depthwise forward at stride 2 on narrow rows (conv_depthwise.inc, depthwise_stride2_rows) ----------
+// ---- Depthwise layers at stride 2 on narrow rows (conv_depthwise.inc, depthwise_stride2_rows*) ----------
 
-// Whether a depthwise layer's forward runs on narrow rows in place: with AVX-512 (its permutes), square 3x3
-// or 5x5 kernels, undilated, stride 2, a padding within the kernel's reach, input rows of at most two
-// vectors and output rows of at most one.
-bool depthwise_stride2_rows_applies(const ConvGeometry& g, int64_t element_size) {
-  const int64_t k = g.kernel_h, lanes = 64 / element_size;
-  if (active_cpu_isa() != CpuIsa::Avx512 || !square_depthwise_3x3_or_5x5(g)) return false;
-  if (g.stride_h != 2 || g.stride_w != 2 || g.pad_h > k - 1 || g.pad_w > k - 1) return false;
-  return g.in_w <= 2 * lanes && g.out_w <= lanes;
+// The permutes' lane tables for a layer (see the kernels): per kernel column, the source column each
+// output lane reads (`columns`), the lanes inside the source row (`inside`, the forward) and of those the
+// output pixels (`outputs`, the weight gradient); per kernel column and input-gradient vector, the
+// output-gradient column each lane reads (`spread`) and the lanes that read one (`spread_lanes`).
+template <typename scalar_t>
+struct Stride2RowLanes {
+  std::vector<planes_baseline::LaneIndex<scalar_t>> columns, spread;
+  std::vector<uint32_t> inside, outputs, spread_lanes;
+};
+
+template <typename scalar_t>
+Stride2RowLanes<scalar_t> stride2_row_lanes(const ConvGeometry& g) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h;
+  Stride2RowLanes<scalar_t> t;
+  t.columns.assign(k * L, 0);
+  t.spread.assign(2 * k * L, 0);
+  t.inside.assign(k, 0);
+  t.outputs.assign(k, 0);
+  t.spread_lanes.assign(2 * k, 0);
+  for (int64_t kj = 0; kj < k; ++kj) {
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t column = 2 * l + kj - g.pad_w;
+      if (column < 0 || column >= g.in_w) continue;
+      t.columns[kj * L + l] = column;
+      t.inside[kj] |= 1u << l;
+      if (l < g.out_w) t.outputs[kj] |= 1u << l;
+    }
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t twice = h * L + l + g.pad_w - kj;  // input-gradient column s = h L + l
+        if (h * L + l >= g.in_w || twice < 0 || twice % 2 != 0 || twice / 2 >= g.out_w) continue;
+        t.spread[(2 * kj + h) * L + l] = twice / 2;
+        t.spread_lanes[2 * kj + h] |= 1u << l;
+      }
+  }
+  return t;
+}
+
+// Scratch per thread: the weight gradient's sums for a thread's share of the channels (the other passes
+// take none).
+int64_t depthwise_stride2_rows_workspace_elements(const ConvGeometry& g, int64_t element_size) {
+  if (!depthwise_stride2_rows_weight_applies(g, element_size)) return 0;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return (g.in_channels + threads - 1) / threads * g.kernel_h * g.kernel_w * (64 / element_size) + 64 / element_size;
 }
 
 // out (N, C, out_h, out_w) = each input plane's correlation with its channel's taps, from the channel's
@@ -973,32 +1029,71 @@ bool depthwise_stride2_rows_applies(const ConvGeometry& g, int64_t element_size)
 template <typename scalar_t>
 void depthwise_stride2_rows_forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w,
                                            const scalar_t* bias, scalar_t* out) {
-  constexpr int64_t L = 64 / sizeof(scalar_t);
   const int64_t k = g.kernel_h, taps = k * k, channels = g.in_channels;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  // Per kernel column, the source column of each output lane and the lanes inside the row.
-  std::vector<planes_baseline::LaneIndex<scalar_t>> columns(k * L, 0);
-  std::vector<uint32_t> inside(k, 0);
-  for (int64_t kj = 0; kj < k; ++kj)
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t column = 2 * l + kj - g.pad_w;
-      if (column < 0 || column >= g.in_w) continue;
-      columns[kj * L + l] = planes_baseline::LaneIndex<scalar_t>(column);
-      inside[kj] |= 1u << l;
-    }
+  const Stride2RowLanes<scalar_t> t = stride2_row_lanes<scalar_t>(g);
   at::parallel_for(0, g.batch * channels, depthwise_plane_grain(out_plane), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t c = p % channels;
       const scalar_t start = bias ? bias[c] : scalar_t(0);
       if (k == 3)
         FASTCONV_CALL_PLANES(depthwise_stride2_rows<3, scalar_t>(in + p * in_plane, g.in_h, g.in_w, g.pad_h,
-                                                                 columns.data(), inside.data(), w + c * taps, start,
-                                                                 g.out_h, g.out_w, out + p * out_plane));
+                                                                 t.columns.data(), t.inside.data(), w + c * taps,
+                                                                 start, g.out_h, g.out_w, out + p * out_plane));
       else
         FASTCONV_CALL_PLANES(depthwise_stride2_rows<5, scalar_t>(in + p * in_plane, g.in_h, g.in_w, g.pad_h,
-                                                                 columns.data(), inside.data(), w + c * taps, start,
-                                                                 g.out_h, g.out_w, out + p * out_plane));
+                                                                 t.columns.data(), t.inside.data(), w + c * taps,
+                                                                 start, g.out_h, g.out_w, out + p * out_plane));
     }
+  });
+}
+
+// gi (N, C, H, W) from the output gradient (N, C, out_h, out_w); one plane per work item.
+template <typename scalar_t>
+void depthwise_stride2_rows_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w,
+                                              scalar_t* gi) {
+  const int64_t k = g.kernel_h, taps = k * k, channels = g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const Stride2RowLanes<scalar_t> t = stride2_row_lanes<scalar_t>(g);
+  at::parallel_for(0, g.batch * channels, depthwise_plane_grain(in_plane), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* taps_c = w + p % channels * taps;
+      if (k == 3)
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows_grad_input<3, scalar_t>(
+            go + p * out_plane, g.out_h, g.out_w, g.pad_h, t.spread.data(), t.spread_lanes.data(), taps_c, g.in_h,
+            g.in_w, gi + p * in_plane));
+      else
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows_grad_input<5, scalar_t>(
+            go + p * out_plane, g.out_h, g.out_w, g.pad_h, t.spread.data(), t.spread_lanes.data(), taps_c, g.in_h,
+            g.in_w, gi + p * in_plane));
+    }
+  });
+}
+
+// gw (C, k, k): per channel, the sums over its images in order, then over the lanes in order; threads own
+// ranges of channels, taken image by image (planes in memory order): deterministic.
+template <typename scalar_t>
+void depthwise_stride2_rows_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in,
+                                               scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, taps = k * k, channels = g.in_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const Stride2RowLanes<scalar_t> t = stride2_row_lanes<scalar_t>(g);
+  at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> scratch((c1 - c0) * taps * L + L);  // zeros
+    scalar_t* sums = align_64(scratch.data());               // taps vectors per channel of the range
+    for_planes_by_image(g.batch, channels, c0, c1, [&](int64_t p, int64_t c, int64_t) {
+      scalar_t* channel_sums = sums + (c - c0) * taps * L;
+      if (k == 3)
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows_weight<3, scalar_t>(
+            in + p * in_plane, g.in_h, g.in_w, g.pad_h, t.columns.data(), t.outputs.data(), go + p * out_plane,
+            g.out_h, g.out_w, channel_sums));
+      else
+        FASTCONV_CALL_PLANES(depthwise_stride2_rows_weight<5, scalar_t>(
+            in + p * in_plane, g.in_h, g.in_w, g.pad_h, t.columns.data(), t.outputs.data(), go + p * out_plane,
+            g.out_h, g.out_w, channel_sums));
+    });
+    depthwise_sum_lanes(sums, c0, c1, taps, gw);
   });
 }
 
@@ -1011,7 +1106,7 @@ template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_planes(g, in, w, bias, out);
-  if (depthwise_stride2_rows_applies(g, sizeof(scalar_t)))
+  if (depthwise_stride2_rows_apply(g, sizeof(scalar_t)))
     return depthwise_stride2_rows_forward_kernel(g, in, w, bias, out);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_forward_kernel(g, in, w, bias, out);
   if (depthwise_blocks_apply(g)) return depthwise_blocks_forward_kernel(g, in, w, bias, out);
@@ -1031,6 +1126,8 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_grad_input_kernel(g, go, w, gi);
+  if (depthwise_stride2_rows_apply(g, sizeof(scalar_t)))
+    return depthwise_stride2_rows_grad_input_kernel(g, go, w, gi);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
   if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
@@ -1048,6 +1145,8 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  if (depthwise_stride2_rows_weight_applies(g, sizeof(scalar_t)))
+    return depthwise_stride2_rows_grad_weight_kernel(g, go, in, gw);
   if (depthwise_nchw_grad_weight_applies(g, false)) return depthwise_nchw_grad_weight_kernel(g, go, in, gw);
   if (depthwise_blocks_grad_weight_apply(g, sizeof(scalar_t))) return depthwise_blocks_grad_weight_kernel(g, go, in, gw);
   if (plane_copies_fit(g)) {
@@ -1794,10 +1893,14 @@ static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_si
     planes = std::max(planes, plane_scratch_elements(g) +
                                   streamed_plane_elements(g.batch * g.out_channels, out_plane, element_size));
   if (!blocked_weight && plane_copies_fit(g)) planes = std::max(planes, weight_grad_scratch_elements(g, element_size));
-  if (depthwise_blocks_apply(g))
+  // (Layers on narrow stride-2 rows take their forward and input gradient there, and their weight gradient
+  // there or in channel blocks; never on NCHW planes.)
+  const bool stride2_rows = depthwise_stride2_rows_apply(g, element_size);
+  if (depthwise_blocks_apply(g) && !depthwise_stride2_rows_weight_applies(g, element_size))
     planes = std::max(planes, depthwise_blocks_scratch_elements(g, element_size));
-  planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
+  if (!stride2_rows) planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
   planes = std::max(planes, depthwise_flat_workspace_elements(g, element_size));
+  planes = std::max(planes, depthwise_stride2_rows_workspace_elements(g, element_size));
   const int64_t plane_bytes = planes * element_size * at::get_num_threads();
   if (!blocked_forward && !blocked_weight) return plane_bytes;
   // The zero-padded channels-last input copy and, per thread, a packed channel block of the weights or,
