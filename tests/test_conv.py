@@ -720,25 +720,20 @@ def test_depthwise_nchw_planes(case, dtype):
                          lambda: F.conv2d(x, w, b, s, p, 1, c), (x, w, b), TOL[dtype])
 
 
-def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
-    # 58-pixel rows at stride 2 without padding: column 57 is read by no output, but by the lanes past the
-    # end of each output row's last vector; an infinite input there must not reach the weight gradient,
-    # computed alone or in one pass with the input gradient. The sums are one thread's per channel, in a
-    # fixed order: bitwise equal on 1 and 2 threads.
-    x = torch.randn(2, 4, 6, 58)
-    x[1, 2, 3, 57] = float("inf")
-    x.requires_grad_()
-    w = torch.randn(4, 1, 3, 3, requires_grad=True)
-    grad_out = torch.randn(2, 4, 2, 28)
-    want = torch.autograd.grad(F.conv2d(x, w, None, 2, 0, 1, 4), [x, w], grad_out)
+def _check_weight_gradient_on_threads(x, w, grad_out, stride, padding, groups):
+    """The weight gradient alone and with the input gradient, on 1 and 2 threads: each against torch (which
+    must be finite, the inputs' non-finite pixels being read by no output), and bitwise equal across the
+    thread counts (each channel's sums are one thread's, in a fixed order)."""
+    want = torch.autograd.grad(F.conv2d(x, w, None, stride, padding, 1, groups), [x, w], grad_out)
     assert torch.isfinite(want[1]).all()
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            weight_only = torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [w], grad_out)
-            both = torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 4, algo="direct"), [x, w], grad_out)
+            out = lambda: FC.conv2d(x, w, None, stride, padding, 1, groups, algo="direct")  # noqa: E731
+            weight_only = torch.autograd.grad(out(), [w], grad_out)
+            both = torch.autograd.grad(out(), [x, w], grad_out)
             results.append((*weight_only, *both))
     finally:
         torch.set_num_threads(previous)
@@ -748,6 +743,17 @@ def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
     torch.testing.assert_close(grad_input, want[0], **TOL[torch.float32])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
+    # 58-pixel rows at stride 2 without padding: column 57 is read by no output, but by the lanes past the
+    # end of each output row's last vector; an infinite input there must not reach the weight gradient,
+    # computed alone or in one pass with the input gradient.
+    x = torch.randn(2, 4, 6, 58)
+    x[1, 2, 3, 57] = float("inf")
+    x.requires_grad_()
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    _check_weight_gradient_on_threads(x, w, torch.randn(2, 4, 2, 28), 2, 0, 4)
 
 
 # (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at
@@ -837,27 +843,13 @@ def test_depthwise_stride2_narrow_rows_keep_non_finite_inputs_in_place():
 def test_depthwise_stride2_narrow_rows_weight_gradient_unread_pixels_and_threads():
     # Without padding, a 28x28 plane's last row and column are read by no output of a 3x3 stride-2 layer,
     # but by the lanes past each 13-pixel output row: an infinite input there must not reach the weight
-    # gradient. Each channel's sums are one thread's, in a fixed order: bitwise equal on 1 and 2 threads.
+    # gradient.
     x = torch.randn(3, 6, 28, 28)
     x[1, 2, 3, 27] = float("inf")
     x[2, 4, 27, 2] = float("-inf")
     x.requires_grad_()
     w = torch.randn(6, 1, 3, 3, requires_grad=True)
-    grad_out = torch.randn(3, 6, 13, 13)
-    want = torch.autograd.grad(F.conv2d(x, w, None, 2, 0, 1, 6), [x, w], grad_out)
-    assert torch.isfinite(want[1]).all()
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(torch.autograd.grad(FC.conv2d(x, w, None, 2, 0, 1, 6, algo="direct"), [x, w], grad_out))
-    finally:
-        torch.set_num_threads(previous)
-    for got, expected in zip(results[0], want):
-        torch.testing.assert_close(got, expected, **TOL[torch.float32])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    _check_weight_gradient_on_threads(x, w, torch.randn(3, 6, 13, 13), 2, 0, 6)
 
 
 def test_depthwise_channel_blocks_threads_agree_bitwise():
