@@ -514,8 +514,8 @@ for dtype in (torch.float32, torch.float64):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # Depthwise on small planes: flat planes (stride 1, 3x3 and 5x5; AVX-512), channel blocks (the last one
-    # partial, stride 2, a padding past the kernel's half).
+    # Depthwise on small planes: narrow rows and flat planes (stride 1, 3x3 and 5x5; AVX-512), channel
+    # blocks (the last one partial, stride 2, a padding past the kernel's half).
     for stride, k, p in ((1, 3, 1), (1, 5, 2), (2, 3, 1), (1, 3, 2)):
         x = torch.randn(2, 20, 14, 13, dtype=dtype, requires_grad=True)
         w = torch.randn(20, 1, k, k, dtype=dtype, requires_grad=True)
@@ -756,12 +756,16 @@ def test_depthwise_nchw_weight_gradient_unread_pixels_and_threads():
     _check_weight_gradient_on_threads(x, w, torch.randn(2, 4, 2, 28), 2, 0, 4)
 
 
-# (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2 and rows of at
-# most 28 pixels, whose forward and input gradient run on flat planes (vectors of pixels across row ends):
-# planes of exactly a vector of floats, planes that end inside a vector (1 to 4 vectors after the last full
-# group of four), one-pixel rows and one-row planes (every column tap off the row), kernels wider than the
-# plane, and small planes where the last planes of the tensor are read from a copy.
-DEPTHWISE_FLAT_CASES = [
+# (N, C, H, W, kernel): depthwise 3x3 and 5x5 layers at stride 1 with the padding (k - 1) / 2, whose planes
+# keep their shape through every pass. With AVX-512 their forward and input gradient run on narrow rows (rows
+# of at most a vector: two to a vector under half of one with a 3x3 kernel) or flat planes (to 28 pixels),
+# and their weight gradient on narrow rows (rows of at most two vectors, not two to a vector). The cases:
+# planes of exactly a vector of floats; planes shorter than a group of rows (7 rows of one vector, 4 of two),
+# as long as one, a row longer (a 5x5 kernel's group reading rows outside the plane on both sides), or with
+# groups whose loads would pass the plane's end; rows of exactly one and two vectors (no lanes past the
+# row); odd and even row pairs, one-pixel rows; one-row planes; kernels wider than the plane; and small
+# planes where the last planes of the tensor are read from a copy (flat planes).
+DEPTHWISE_SAME_SHAPE_CASES = [
     (2, 3, 4, 4, 3),
     (3, 5, 7, 7, 3),
     (2, 4, 13, 11, 3),
@@ -772,19 +776,47 @@ DEPTHWISE_FLAT_CASES = [
     (1, 3, 1, 28, 3),
     (2, 3, 5, 5, 5),
     (1, 6, 14, 14, 3),
+    (2, 3, 15, 16, 3),
+    (2, 3, 9, 32, 3),
+    (1, 4, 22, 7, 3),
+    (2, 3, 6, 6, 3),
+    (2, 2, 8, 9, 5),
+    (1, 3, 30, 12, 3),
+    (2, 2, 11, 24, 5),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", DEPTHWISE_FLAT_CASES)
-def test_depthwise_flat_planes(case, dtype):
+@pytest.mark.parametrize("case", DEPTHWISE_SAME_SHAPE_CASES)
+def test_depthwise_same_shape_planes(case, dtype):
     n, c, h, w_, k = case
     x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
     _check_against_torch(lambda: FC.conv2d(x, w, b, 1, (k - 1) // 2, 1, c, algo="direct"),
                          lambda: F.conv2d(x, w, b, 1, (k - 1) // 2, 1, c), (x, w, b), TOL[dtype])
 
 
-def test_depthwise_flat_planes_stream_large_outputs():
+@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7)])
+def test_depthwise_same_shape_planes_keep_non_finite_inputs_in_place(shape):
+    # Rows are loaded whole vectors at a time, into the next row: an infinite or NaN input reaches only the
+    # outputs, input-gradient pixels and weight-gradient taps that read it, as in torch (a tap whose column
+    # never reaches the pixel keeps a finite gradient).
+    x = torch.randn(shape)
+    x[0, 1, 3, 0] = float("inf")
+    x[1, 2, shape[2] - 1, shape[3] - 1] = float("nan")
+    x[1, 3, 2, min(16, shape[3] - 1)] = float("-inf")
+    x = x.requires_grad_()
+    w = torch.randn(shape[1], 1, 3, 3, requires_grad=True)
+    out, ref = FC.conv2d(x, w, None, 1, 1, 1, shape[1], algo="direct"), F.conv2d(x, w, None, 1, 1, 1, shape[1])
+    torch.testing.assert_close(out, ref, equal_nan=True, **TOL[torch.float32])
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, w], grad_out)
+    want = torch.autograd.grad(ref, [x, w], grad_out)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, equal_nan=True, **TOL[torch.float32])
+    assert torch.isfinite(got[1][0]).all() and torch.isfinite(got[1][1, 0, :, 2]).all()
+
+
+def test_depthwise_same_shape_planes_stream_large_outputs():
     # 48 x 960 x 7 x 7 float32 (9 MB): each output and input-gradient plane is staged and written past the
     # caches; a non-finite input stays in its own pixels' outputs (the planes around it are read in place).
     x = torch.randn(48, 960, 7, 7)

@@ -25,11 +25,12 @@
 // Depthwise layers (one channel per group) run in channel blocks instead (conv_depthwise.inc): a vector of
 // channels per pixel, a strip of rows at a time, so small planes waste no lanes and pay no per-plane setup.
 // Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
-// NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; at stride 1 with the
-// padding (k - 1) / 2 and rows of at most 28 pixels, on flat planes (depthwise_flat_*), vectorised along
-// the whole plane, rows included; at stride 2 with input rows of at most two vectors and output rows of at
-// most one, the forward and input gradient (and where those rows fill more than half a vector, the weight
-// gradient) row by row from the planes in place (depthwise_stride2_rows*).
+// NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; with AVX-512, at stride 1
+// with the padding (k - 1) / 2 and rows of at most two vectors, row by row from the planes in place, two
+// rows to a vector where they fill less than half of one (depthwise_narrow_rows*, depthwise_row_pairs); at
+// stride 2 with input rows of at most two vectors and output rows of at most one, the forward and input
+// gradient (and where those rows fill more than half a vector, the weight gradient) row by row from the
+// planes in place (depthwise_stride2_rows*).
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -530,7 +531,7 @@ void depthwise_blocks_grad_weight_kernel(const ConvGeometry& g, const scalar_t* 
 constexpr int64_t kDepthwiseNchwMinWidth = 14;
 
 // A depthwise layer (one input and one output channel per group) with a square, undilated 3x3 or 5x5
-// kernel: the layers the NCHW and flat plane kernels are compiled for.
+// kernel: the layers the NCHW and narrow-row kernels are compiled for.
 bool square_depthwise_3x3_or_5x5(const ConvGeometry& g) {
   const int64_t k = g.kernel_h;
   return g.groups == g.in_channels && g.groups == g.out_channels && g.groups > 1 && g.kernel_w == k &&
@@ -843,17 +844,24 @@ void depthwise_nchw_grad_input_weight_kernel(const ConvGeometry& g, const scalar
 
 // ---- Depthwise layers on flat planes (conv_depthwise.inc, depthwise_flat_*) ------------------------------
 
-// Whether the forward and input gradient of a depthwise layer run on flat planes: with AVX-512, square
-// 3x3 or 5x5 kernels, undilated, stride 1, the padding (k - 1) / 2 (the output, the input and their
-// gradients then all have the same plane shape), planes of at least a vector and rows of at most
-// kFlatMaxWidth pixels. (Their weight gradient stays in channel blocks: per tap, a flat vector needs a
-// lane shift and a mask on top of the multiply-add, and took 1.1-1.9x as long. With AVX2 the flat kernel,
-// a load per tap, took 2-4x as long as the row kernel or the channel blocks.)
-bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
+// The depthwise layers whose output, input and gradients all have the same plane shape, which the flat and
+// narrow-row kernels take: with AVX-512, square 3x3 or 5x5 kernels, undilated, stride 1, the padding
+// (k - 1) / 2, planes of at least a vector. (With AVX2 the flat kernel, a load per tap, took 2-4x as long as
+// the row kernel or the channel blocks.)
+bool depthwise_same_shape_planes(const ConvGeometry& g, int64_t element_size) {
   const int64_t k = g.kernel_h;
   if (active_cpu_isa() != CpuIsa::Avx512 || !square_depthwise_3x3_or_5x5(g)) return false;
   if (g.stride_h != 1 || g.stride_w != 1 || g.pad_h != (k - 1) / 2 || g.pad_w != (k - 1) / 2) return false;
-  return g.in_h * g.in_w >= 64 / element_size && g.in_w <= planes_baseline::kFlatMaxWidth;
+  return g.in_h * g.in_w >= 64 / element_size;
+}
+
+// Whether the forward and input gradient of such a layer run on flat planes: rows longer than a vector
+// and of at most kFlatMaxWidth pixels. On rows of two vectors (depthwise_narrow_rows, 7/8 of the lanes in
+// use on 28x28 planes, against all of them here) they took 8% longer: 204-212 against 221-232 ns a
+// 28x28 plane, one thread. (Their weight gradient: on narrow rows, see there.)
+bool depthwise_flat_applies(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_same_shape_planes(g, element_size) && g.in_w > 64 / element_size &&
+         g.in_w <= planes_baseline::kFlatMaxWidth;
 }
 
 // The lane masks of the kernels: all bits set, or none, in an integer of the element's size.
@@ -973,6 +981,157 @@ void depthwise_flat_planes(const ConvGeometry& g, const scalar_t* src, const sca
 template <typename scalar_t>
 void depthwise_flat_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
   depthwise_flat_planes(g, go, flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
+}
+
+// ---- Depthwise layers at stride 1 on narrow rows (conv_depthwise.inc, depthwise_narrow_rows*) -----------
+
+// Whether the forward and input gradient of a layer of depthwise_same_shape_planes run on narrow rows:
+// rows of at most a vector. Against the flat planes, one thread: 14x14 planes 66-68 -> 55-57 ns a plane,
+// 7x7 (row pairs) 30 -> 25-26 ns.
+bool depthwise_narrow_rows_apply(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_same_shape_planes(g, element_size) && g.in_w <= 64 / element_size;
+}
+
+// Of those, the layers whose rows go two to a vector (depthwise_row_pairs): 3x3 kernels and rows shorter
+// than half a vector, so that each half keeps a lane of zeros past its row.
+bool depthwise_row_pairs_apply(const ConvGeometry& g, int64_t element_size) {
+  return g.kernel_h == 3 && 2 * (g.in_w + 1) <= 64 / element_size;
+}
+
+// Whether its weight gradient runs on narrow rows (depthwise_narrow_rows_weight): rows of at most two
+// vectors, but not rows that go two to a vector. Against the channel blocks, MobileNetV2 at batch 8,
+// 2 threads: 192x28x28 0.267-0.271 -> 0.187-0.201 ms, 384x14x14 0.156-0.164 -> 0.144-0.157 ms,
+// 576x14x14 0.226-0.227 -> 0.202-0.211 ms; 960x7x7 on row pairs took longer (0.126-0.138 -> 0.149-0.171
+// ms: a quarter more multiply-adds than the blocks' full lanes) and stays in blocks.
+bool depthwise_narrow_rows_weight_applies(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_same_shape_planes(g, element_size) && g.in_w <= 2 * (64 / element_size) &&
+         !depthwise_row_pairs_apply(g, element_size);
+}
+
+// The permutes' lane tables for a layer (see the kernels): per kernel column (and vector of the row), the
+// element of the loaded vectors each lane reads (`index`) and the lanes that read one inside the row
+// (`inside`); for row pairs, also where each of a vector's 2w output pixels lies in it (`pack`).
+template <typename scalar_t>
+struct NarrowRowLanes {
+  std::vector<planes_baseline::LaneIndex<scalar_t>> index, pack;
+  std::vector<uint32_t> inside;
+};
+
+template <typename scalar_t>
+NarrowRowLanes<scalar_t> narrow_row_lanes(const ConvGeometry& g) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, w = g.in_w, pad = (k - 1) / 2;
+  const bool pairs = depthwise_row_pairs_apply(g, sizeof(scalar_t));
+  const int64_t vectors = pairs ? 1 : (w + L - 1) / L, half = L / 2;
+  NarrowRowLanes<scalar_t> t;
+  t.index.assign(k * vectors * L, 0);
+  t.inside.assign(k * vectors, 0);
+  for (int64_t kj = 0; kj < k; ++kj)
+    for (int64_t v = 0; v < vectors; ++v)
+      for (int64_t l = 0; l < L; ++l) {
+        // Rows: lane l of vector v is column v L + l. Pairs: row l / half of the pair, column l % half.
+        const int64_t column = pairs ? l % half : v * L + l, row_start = pairs ? l / half * w : 0;
+        const int64_t read = column + kj - pad;
+        if (column >= w || read < 0 || read >= w) continue;
+        t.index[(kj * vectors + v) * L + l] = row_start + read;
+        t.inside[kj * vectors + v] |= 1u << l;
+      }
+  if (pairs) {
+    t.pack.assign(L, 0);
+    for (int64_t i = 0; i < 2 * w; ++i) t.pack[i] = i / w * half + i % w;
+  }
+  return t;
+}
+
+// One thread's scratch: where the output is streamed, a staging plane; the weight gradient's sums for a
+// thread's share of the channels.
+int64_t depthwise_narrow_rows_workspace_elements(const ConvGeometry& g, int64_t element_size) {
+  int64_t most = 0;
+  if (depthwise_narrow_rows_apply(g, element_size))
+    most = streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
+  if (depthwise_narrow_rows_weight_applies(g, element_size)) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads()), lanes = 64 / element_size;
+    most = std::max(most, (g.in_channels + threads - 1) / threads * g.kernel_h * g.kernel_w * lanes + lanes);
+  }
+  return most;
+}
+
+// out (N, C, h, w) = the correlation of each source plane (N, C, h, w) with its channel's taps w (C, k, k),
+// from the channel's bias (null: zero); one plane per work item.
+template <typename scalar_t>
+void depthwise_narrow_planes(const ConvGeometry& g, const scalar_t* src, const scalar_t* w, const scalar_t* bias,
+                             scalar_t* out) {
+  const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
+  const int64_t channels = g.in_channels, planes = g.batch * channels;
+  const NarrowRowLanes<scalar_t> t = narrow_row_lanes<scalar_t>(g);
+  const bool pairs = depthwise_row_pairs_apply(g, sizeof(scalar_t));
+  // Outputs of 8-32 MiB are staged a plane at a time and streamed out (streams_output).
+  const int64_t compact = streamed_plane_elements(planes, n, sizeof(scalar_t));
+  at::parallel_for(0, planes, depthwise_plane_grain(n), [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> staging(compact);
+    scalar_t* staged = compact > 0 ? staging.data() : nullptr;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p % channels;
+      const scalar_t* plane = src + p * n;
+      const scalar_t start = bias ? bias[c] : scalar_t(0);
+      scalar_t* dst = staged ? staged : out + p * n;
+      const auto* index = t.index.data();
+      const uint32_t* inside = t.inside.data();
+      if (pairs)
+        FASTCONV_CALL_PLANES(depthwise_row_pairs<scalar_t>(plane, h, width, index, inside, t.pack.data(),
+                                                           w + c * taps, start, dst));
+      else if (k == 3)
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows<3, scalar_t>(plane, h, width, index, inside, w + c * taps,
+                                                                   start, dst));
+      else
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows<5, scalar_t>(plane, h, width, index, inside, w + c * taps,
+                                                                   start, dst));
+      if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, out + p * n, n));
+    }
+    if (staged) FASTCONV_CALL_PLANES(finish_streaming());
+  });
+}
+
+// The input gradient: the output gradient correlated with the flipped taps (the padding k - 1 - pad is pad).
+template <typename scalar_t>
+void depthwise_narrow_rows_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w,
+                                             scalar_t* gi) {
+  depthwise_narrow_planes(g, go, flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
+}
+
+// gw (C, k, k): per channel, the sums over its images in order, then over the lanes in order; threads own
+// ranges of channels, each channel's images in one kernel call: deterministic.
+template <typename scalar_t>
+void depthwise_narrow_rows_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in,
+                                              scalar_t* gw) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, taps = k * k, h = g.in_h, width = g.in_w, n = h * width, channels = g.in_channels;
+  const NarrowRowLanes<scalar_t> t = narrow_row_lanes<scalar_t>(g);
+  const int64_t stride = channels * n;  // from one image's plane of a channel to the next image's
+  at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> scratch((c1 - c0) * taps * L + L);
+    scalar_t* sums = align_64(scratch.data());  // taps vectors per channel of the range
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* channel_sums = sums + (c - c0) * taps * L;
+      const scalar_t *plane = in + c * n, *dy = go + c * n;
+      const int64_t images = g.batch;
+      const auto* index = t.index.data();
+      const uint32_t* inside = t.inside.data();
+      if (k == 3 && width <= L)
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows_weight<3, 1, scalar_t>(plane, dy, images, stride, h, width, index,
+                                                                          inside, channel_sums));
+      else if (k == 3)
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows_weight<3, 2, scalar_t>(plane, dy, images, stride, h, width, index,
+                                                                          inside, channel_sums));
+      else if (width <= L)
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows_weight<5, 1, scalar_t>(plane, dy, images, stride, h, width, index,
+                                                                          inside, channel_sums));
+      else
+        FASTCONV_CALL_PLANES(depthwise_narrow_rows_weight<5, 2, scalar_t>(plane, dy, images, stride, h, width, index,
+                                                                          inside, channel_sums));
+    }
+    depthwise_sum_lanes(sums, c0, c1, taps, gw);
+  });
 }
 
 // ---- Depthwise layers at stride 2 on narrow rows (conv_depthwise.inc, depthwise_stride2_rows*) ----------
@@ -1105,6 +1264,7 @@ void depthwise_stride2_rows_grad_weight_kernel(const ConvGeometry& g, const scal
 template <typename scalar_t>
 void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w, const scalar_t* bias,
                     scalar_t* out) {
+  if (depthwise_narrow_rows_apply(g, sizeof(scalar_t))) return depthwise_narrow_planes(g, in, w, bias, out);
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_planes(g, in, w, bias, out);
   if (depthwise_stride2_rows_apply(g, sizeof(scalar_t)))
     return depthwise_stride2_rows_forward_kernel(g, in, w, bias, out);
@@ -1125,6 +1285,8 @@ void forward_kernel(const ConvGeometry& g, const scalar_t* in, const scalar_t* w
 
 template <typename scalar_t>
 void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  if (depthwise_narrow_rows_apply(g, sizeof(scalar_t)))
+    return depthwise_narrow_rows_grad_input_kernel(g, go, w, gi);
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_grad_input_kernel(g, go, w, gi);
   if (depthwise_stride2_rows_apply(g, sizeof(scalar_t)))
     return depthwise_stride2_rows_grad_input_kernel(g, go, w, gi);
@@ -1145,6 +1307,8 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  if (depthwise_narrow_rows_weight_applies(g, sizeof(scalar_t)))
+    return depthwise_narrow_rows_grad_weight_kernel(g, go, in, gw);
   if (depthwise_stride2_rows_weight_applies(g, sizeof(scalar_t)))
     return depthwise_stride2_rows_grad_weight_kernel(g, go, in, gw);
   if (depthwise_nchw_grad_weight_applies(g, false)) return depthwise_nchw_grad_weight_kernel(g, go, in, gw);
@@ -1894,12 +2058,17 @@ static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_si
                                   streamed_plane_elements(g.batch * g.out_channels, out_plane, element_size));
   if (!blocked_weight && plane_copies_fit(g)) planes = std::max(planes, weight_grad_scratch_elements(g, element_size));
   // (Layers on narrow stride-2 rows take their forward and input gradient there, and their weight gradient
-  // there or in channel blocks; never on NCHW planes.)
+  // there or in channel blocks; the layers of depthwise_same_shape_planes take their forward and input
+  // gradient on flat planes or narrow rows, and their weight gradient on narrow rows or in channel blocks:
+  // neither runs on NCHW planes.)
   const bool stride2_rows = depthwise_stride2_rows_apply(g, element_size);
-  if (depthwise_blocks_apply(g) && !depthwise_stride2_rows_weight_applies(g, element_size))
+  if (depthwise_blocks_apply(g) && !depthwise_stride2_rows_weight_applies(g, element_size) &&
+      !depthwise_narrow_rows_weight_applies(g, element_size))
     planes = std::max(planes, depthwise_blocks_scratch_elements(g, element_size));
-  if (!stride2_rows) planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
+  if (!stride2_rows && !depthwise_same_shape_planes(g, element_size))
+    planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
   planes = std::max(planes, depthwise_flat_workspace_elements(g, element_size));
+  planes = std::max(planes, depthwise_narrow_rows_workspace_elements(g, element_size));
   planes = std::max(planes, depthwise_stride2_rows_workspace_elements(g, element_size));
   const int64_t plane_bytes = planes * element_size * at::get_num_threads();
   if (!blocked_forward && !blocked_weight) return plane_bytes;
@@ -1977,7 +2146,7 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   }
   AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
     // Where the weight gradient runs on NCHW planes, so does the input gradient (its rows are too wide
-    // for the flat planes): both in one pass when both are asked for.
+    // for narrow rows): both in one pass when both are asked for.
     if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_weight_applies(g, true)) {
       grad_input = empty_output(input_any.sizes(), input_any.options());
       grad_weight = at::empty(weight.sizes(), weight.options());
