@@ -816,6 +816,15 @@ def test_depthwise_same_shape_planes_keep_non_finite_inputs_in_place(shape):
     assert torch.isfinite(got[1][0]).all() and torch.isfinite(got[1][1, 0, :, 2]).all()
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 14, 14), (2, 5, 9, 28)])
+def test_depthwise_same_shape_planes_weight_gradient_threads(shape):
+    # The weight gradient on narrow rows (rows of one and two vectors): each channel's images are summed by
+    # one thread, so 1 and 2 threads give the same bits.
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(shape[1], 1, 3, 3, requires_grad=True)
+    _check_weight_gradient_on_threads(x, w, torch.randn(shape), 1, 1, shape[1])
+
+
 def test_depthwise_same_shape_planes_stream_large_outputs():
     # 48 x 960 x 7 x 7 float32 (9 MB): each output and input-gradient plane is staged and written past the
     # caches; a non-finite input stays in its own pixels' outputs (the planes around it are read in place).
@@ -831,9 +840,11 @@ def test_depthwise_same_shape_planes_stream_large_outputs():
 
 
 # (N, C, H, W, kernel, padding): depthwise 3x3 and 5x5 layers at stride 2 whose input rows fit two vectors
-# and output rows one, whose three passes run row by row on the planes in place (AVX-512): odd and even sizes,
-# paddings from none to the kernel's reach, rows of exactly two vectors of floats (32) or of doubles (16),
-# 1x1 planes, one-row outputs, planes whose last rows end inside a vector.
+# and output rows one, whose three passes run row by row on the planes in place (AVX-512; the forward two
+# output rows to a vector where the input rows fit one vector and the output rows half of one): odd and even
+# sizes, paddings from none to the kernel's reach, rows of exactly two vectors of floats (32) or of doubles
+# (16), output rows of exactly half a vector, 1x1 planes, one-row outputs, planes whose last rows end inside a
+# vector.
 DEPTHWISE_STRIDE2_ROWS_CASES = [
     (2, 5, 14, 14, 3, 1),
     (2, 3, 28, 28, 3, 1),
