@@ -633,6 +633,17 @@ def test_plane_kernels_stream_large_planes(dtype):
                                  lambda: F.conv2d(x, w, b, 1, 1, 1, groups), (x, w, b), tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_depthwise_planes_stream_aligned_rows(dtype):
+    # A 12.6 MB depthwise output and input gradient whose rows are whole 64-byte vectors (128 pixels) from an
+    # aligned tensor: streamed from the correlation itself, with no staging plane; both gradients in one pass.
+    n = 4 if dtype == torch.float32 else 2
+    x, w, b = _make((n, 48, 128, 128), (48, 1, 3, 3), 48, True, dtype)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-2)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, 1, 1, 1, 48, algo="direct"),
+                         lambda: F.conv2d(x, w, b, 1, 1, 1, 48), (x, w, b), tol)
+
+
 def test_direct_forward_of_a_large_aligned_output():
     # 3 x 64 x 128 x 128 float32 outputs (12.6 MB): planes and tiles aligned to the vectors, so every
     # full block is written with non-temporal stores; the stride-2 stem shape crosses images mid-tile.
