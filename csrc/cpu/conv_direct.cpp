@@ -208,6 +208,16 @@ int64_t streamed_plane_elements(int64_t planes, int64_t plane, int64_t element_s
   return streams_output(planes * plane * element_size) ? plane : 0;
 }
 
+// Whether the streamed planes of an output (`compact` > 0, see streamed_plane_elements) are written past the
+// caches by the kernel itself: rows of whole 64-byte vectors from a 64-byte aligned start (MobileNetV2's
+// 112x112 planes), so every store is a whole aligned vector and no staging plane is needed; at batch 8 the
+// staging copy was a fifth of the 32-channel 112x112 forward's time.
+template <typename scalar_t>
+bool streams_whole_rows(int64_t compact, int64_t row_elements, const scalar_t* out) {
+  return compact > 0 && (row_elements * int64_t(sizeof(scalar_t))) % 64 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0;
+}
+
 // The least number of planes of `plane` output elements per task of the depthwise plane drivers: calls of
 // fewer than 8192 output elements in all run on one thread, where a parallel region's ~0.75 us outweighed
 // the halved work (depthwise 3x3 at batch 1, one thread against two: 16 channels of 14x14 4.0 vs 4.6 us, 32
@@ -698,11 +708,8 @@ void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, 
   // layer at batch 8: forward 0.65 -> 0.57 ms, 144-channel 56x56: 0.80 -> 0.63 ms; their input
   // gradients alike).
   const int64_t compact = streamed_plane_elements(g.batch * channels, out_plane, sizeof(scalar_t));
-  // Rows of whole 64-byte vectors from an aligned output (MobileNetV2's 112x112 planes) are streamed from
-  // the correlation itself, with no staging plane: at batch 8 the staging copy was a fifth of the 32-channel
-  // 112x112 forward's time.
-  const bool stream_rows = compact > 0 && (l.out_w * int64_t(sizeof(scalar_t))) % 64 == 0 &&
-                           reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  // Rows of whole vectors are streamed from the correlation itself (streams_whole_rows).
+  const bool stream_rows = streams_whole_rows(compact, l.out_w, out);
   // Source planes of 32 KiB or more are fetched a plane ahead (PlaneAhead). At batch 8, 2 threads: 112x112
   // forward 0.56-0.90 -> 0.43-0.47 ms, input gradient 0.49-0.80 -> 0.40-0.44 ms, at stride 2 the input
   // gradient 1.61-1.72 -> 1.25-1.38 ms; 56x56 planes stayed equal or lost (stride 2 forward 0.26-0.29 ->
@@ -827,10 +834,7 @@ void depthwise_nchw_grad_input_weight_kernel(const ConvGeometry& g, const scalar
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const std::vector<scalar_t> flipped = flipped_depthwise_taps(g, w);
   const int64_t compact = streamed_plane_elements(g.batch * channels, in_plane, sizeof(scalar_t));
-  // (Streamed from the correlation itself where the rows are whole aligned vectors, as in
-  // depthwise_nchw_planes.)
-  const bool stream_rows = compact > 0 && (g.in_w * int64_t(sizeof(scalar_t))) % 64 == 0 &&
-                           reinterpret_cast<uintptr_t>(gi) % 64 == 0;
+  const bool stream_rows = streams_whole_rows(compact, g.in_w, gi);  // (see there)
   at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
     std::vector<scalar_t> scratch(
         depthwise_nchw_grad_input_weight_scratch_elements(g, c1 - c0, sizeof(scalar_t)));  // zeros: the padding
