@@ -908,6 +908,75 @@ def test_depthwise_stride2_narrow_rows_weight_gradient_unread_pixels_and_threads
     _check_weight_gradient_on_threads(x, w, torch.randn(3, 32, 13, 13), 2, 0, 32)
 
 
+# (N, C, H, W, kernel, padding): stride-2 depthwise layers whose rows are too wide for the narrow-row kernels
+# (with AVX-512 their input gradient reads the output gradient in place): odd and even widths, a width just
+# past two vectors of floats, paddings from none to the kernel's reach.
+DEPTHWISE_STRIDE2_WIDE_CASES = [
+    (2, 3, 40, 40, 5, 1),
+    (2, 3, 9, 57, 3, 0),
+    (1, 2, 7, 113, 3, 2),
+    (2, 2, 6, 64, 5, 3),
+    (1, 3, 5, 34, 3, 1),
+    (2, 2, 11, 48, 5, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_STRIDE2_WIDE_CASES)
+def test_depthwise_stride2_wide_rows_input_gradient(case, dtype):
+    # The input gradient alone (the weight needs none) and with the weight gradient.
+    n, c, h, w_, k, p = case
+    x, w, _ = _make((n, c, h, w_), (c, 1, k, k), c, False, dtype)
+    want = F.conv2d(x, w, None, 2, p, 1, c)
+    grad_out = torch.randn_like(want)
+    expected = torch.autograd.grad(want, (x, w), grad_out)
+    alone = torch.autograd.grad(FC.conv2d(x, w.detach(), None, 2, p, 1, c, algo="direct"), x, grad_out)[0]
+    torch.testing.assert_close(alone, expected[0], **TOL[dtype])
+    both = torch.autograd.grad(FC.conv2d(x, w, None, 2, p, 1, c, algo="direct"), (x, w), grad_out)
+    for a, e in zip(both, expected):
+        torch.testing.assert_close(a, e, **TOL[dtype])
+
+
+@pytest.mark.parametrize("width", [128, 120])
+def test_depthwise_stride2_wide_rows_stream_large_input_gradients(width):
+    # 11-12.6 MB input gradients: streamed past the caches, from the kernel itself where the rows are whole
+    # aligned vectors (128 pixels), through a staging plane otherwise (120).
+    x, w, _ = _make((4, 48, width, width), (48, 1, 3, 3), 48, False, torch.float32)
+    want = F.conv2d(x, w, None, 2, 1, 1, 48)
+    grad_out = torch.randn_like(want)
+    expected = torch.autograd.grad(want, (x, w), grad_out)
+    alone = torch.autograd.grad(FC.conv2d(x, w.detach(), None, 2, 1, 1, 48, algo="direct"), x, grad_out)[0]
+    torch.testing.assert_close(alone, expected[0], **TOL[torch.float32])
+    both = torch.autograd.grad(FC.conv2d(x, w, None, 2, 1, 1, 48, algo="direct"), (x, w), grad_out)
+    torch.testing.assert_close(both[0], expected[0], **TOL[torch.float32])
+    torch.testing.assert_close(both[1], expected[1], rtol=1e-4, atol=1e-2)  # sums of 57k products
+
+
+def test_depthwise_stride2_wide_rows_input_gradient_non_finite():
+    # A non-finite output gradient at the rows' ends reaches only the input pixels its taps reach, as in
+    # torch; an infinite weight reaches every input pixel its tap reads (those only) from a real output
+    # gradient.
+    x = torch.randn(2, 4, 9, 58, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3)
+    for padding, rows, columns in ((0, 4, 28), (1, 5, 29)):
+        grad_out = torch.randn(2, 4, rows, columns)
+        grad_out[0, 1, 2, columns - 1] = float("inf")
+        grad_out[1, 3, rows - 1, 0] = float("nan")
+        grad_out[1, 2, 0, columns - 1] = float("-inf")
+        got = torch.autograd.grad(FC.conv2d(x, w, None, 2, padding, 1, 4, algo="direct"), x, grad_out)[0]
+        want = torch.autograd.grad(F.conv2d(x, w, None, 2, padding, 1, 4), x, grad_out)[0]
+        assert not want.isfinite().all()
+        torch.testing.assert_close(got, want, equal_nan=True, **TOL[torch.float32])
+    w_inf = w.clone()
+    w_inf[2, 0, 1, 0] = float("inf")
+    finite_out = torch.randn(2, 4, 5, 29)
+    got = torch.autograd.grad(FC.conv2d(x, w_inf, None, 2, 1, 1, 4, algo="direct"), x, finite_out)[0]
+    reached = F.conv_transpose2d(torch.ones_like(finite_out), w_inf.isinf().float(), None, 2, 1, (0, 1), 4) > 0
+    assert not got[reached].isfinite().any() and got[~reached].isfinite().all()
+    w_zero = torch.where(w_inf.isinf(), torch.zeros_like(w_inf), w_inf)
+    want = torch.autograd.grad(F.conv2d(x, w_zero, None, 2, 1, 1, 4), x, finite_out)[0]
+    torch.testing.assert_close(got[~reached], want[~reached], **TOL[torch.float32])
+
 def test_depthwise_channel_blocks_threads_agree_bitwise():
     # Each channel block's weight gradient is one thread's sum over the images in order.
     x, w, b = _make((4, 64, 12, 12), (64, 1, 3, 3), 64, True, torch.float32)

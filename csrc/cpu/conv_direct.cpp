@@ -30,7 +30,8 @@
 // rows to a vector where they fill less than half of one (depthwise_narrow_rows*, depthwise_row_pairs); at
 // stride 2 with input rows of at most two vectors and output rows of at most one, the forward and input
 // gradient (and where those rows fill more than half a vector, the weight gradient) row by row from the
-// planes in place (depthwise_stride2_rows*).
+// planes in place (depthwise_stride2_rows*); with wider rows, the input gradient from the output-gradient
+// planes in place, each tap's lanes taking its pixels by a permute (depthwise_spread_*).
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -577,6 +578,16 @@ bool depthwise_nchw_applies(const ConvGeometry& g) {
   return std::min(g.in_w, g.out_w) >= kDepthwiseNchwMinWidth;
 }
 
+// Whether a stride-2 layer on NCHW planes takes its input gradient from the output-gradient planes in place
+// (depthwise_spread_grad_input) instead of upsampling them: with AVX-512 (its permutes), rows too wide for
+// the narrow-row kernels. MobileNetV2 at batch 8, 2 threads, the input gradient alone: 96x112x112 -> 56x56
+// 2.19-2.31 -> 1.02-1.26 ms, 144x56x56 -> 28x28 0.75-0.77 -> 0.58-0.71 ms; both gradients 4.26-4.38 ->
+// 2.69-2.84 ms and 1.12-1.25 -> 1.02-1.25 ms (see depthwise_nchw_grad_input_weight_applies).
+bool depthwise_spread_grad_input_applies(const ConvGeometry& g, int64_t element_size) {
+  return active_cpu_isa() == CpuIsa::Avx512 && depthwise_nchw_applies(g) && g.stride_h == 2 &&
+         !depthwise_stride2_rows_apply(g, element_size);
+}
+
 // The padded rows of one source plane (src_h x src_w) and the out_h x out_w plane computed from them (see
 // depthwise_nchw_fill and depthwise_nchw_correlate): `rows` rows of `pitch` elements, each holding its
 // `stride` column phases `phase` elements apart, wide enough for the last vector's reach. With step 2 the
@@ -607,8 +618,8 @@ DepthwiseNchwLayout depthwise_nchw_forward_layout(const ConvGeometry& g, int64_t
 }
 
 // The input gradient of a layer of stride 2 reads the output gradient upsampled by 2 (zeros between its
-// pixels): 4x the multiply-adds of the taps that reach each pixel, but the layers this takes are bound by
-// their memory traffic, and the kernel stays the stride-1 one.
+// pixels): 4x the multiply-adds of the taps that reach each pixel, and a copy of the plane, but the kernel
+// stays the stride-1 one (without AVX-512; with it, see depthwise_spread_grad_input_applies).
 DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int64_t lanes) {
   return depthwise_nchw_layout(g.kernel_h, 1, g.stride_h, g.out_h, g.out_w, g.kernel_h - 1 - g.pad_h,
                                g.kernel_w - 1 - g.pad_w, g.in_h, g.in_w, lanes);
@@ -632,6 +643,17 @@ bool depthwise_nchw_grad_weight_applies(const ConvGeometry& g, bool with_input_g
   return g.in_w >= 56 && (g.stride_w == 1 || g.in_w <= 64 || with_input_gradient);
 }
 
+// Whether both gradients go in one pass (depthwise_nchw_grad_input_weight_kernel): where the weight gradient
+// could, except where the input gradient reads the output gradient in place (depthwise_spread_grad_input)
+// and the weight gradient alone runs on NCHW planes too: two passes were faster there. MobileNetV2 at batch
+// 8, 2 threads, both gradients: 144x56x56 -> 28x28 1.21-1.41 ms in one pass, 1.02-1.25 ms in two;
+// 96x112x112 -> 56x56, whose weight gradient alone takes channel blocks, 2.69-2.84 ms in one pass, 2.97-3.17
+// ms in two.
+bool depthwise_nchw_grad_input_weight_applies(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_nchw_grad_weight_applies(g, true) &&
+         !(depthwise_spread_grad_input_applies(g, element_size) && depthwise_nchw_grad_weight_applies(g, false));
+}
+
 // Both gradients in one pass (depthwise_nchw_grad_input_weight_kernel), for a range of `channels`: the
 // padded output-gradient rows, the padded input rows, the weight gradient's sums and, where the input
 // gradient is streamed, a staging plane.
@@ -639,7 +661,8 @@ int64_t depthwise_nchw_grad_input_weight_scratch_elements(const ConvGeometry& g,
                                                           int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   const DepthwiseNchwLayout gi = depthwise_nchw_grad_input_layout(g, lanes), fw = depthwise_nchw_forward_layout(g, lanes);
-  return lanes + gi.elements() + fw.elements() + channels * fw.kernel * fw.kernel * lanes +
+  const int64_t padded_go = depthwise_spread_grad_input_applies(g, element_size) ? 0 : gi.elements();
+  return lanes + padded_go + fw.elements() + channels * fw.kernel * fw.kernel * lanes +
          streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
 }
 
@@ -647,16 +670,21 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
   const int64_t lanes = 64 / element_size;
   if (!depthwise_nchw_applies(g)) return 0;
   const int64_t planes = g.batch * g.in_channels, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
-  const int64_t most =
-      std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
-                   streamed_plane_elements(planes, out_plane, element_size),
-               depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes) +
-                   streamed_plane_elements(planes, in_plane, element_size));
-  // Where the weight gradient runs on NCHW planes (at least in one pass with the input gradient): the
-  // one-pass kernel's scratch for all channels, which covers the weight gradient's alone (its padded rows and
-  // sums) too.
-  if (!depthwise_nchw_grad_weight_applies(g, true)) return most;
-  return std::max(most, depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size));
+  // (The input gradient read in place, depthwise_spread_grad_input, has no padded rows.)
+  const int64_t padded_go = depthwise_spread_grad_input_applies(g, element_size)
+                                ? lanes
+                                : depthwise_nchw_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes);
+  const int64_t most = std::max(depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                                    streamed_plane_elements(planes, out_plane, element_size),
+                                padded_go + streamed_plane_elements(planes, in_plane, element_size));
+  // Where the weight gradient runs on NCHW planes: in one pass with the input gradient, that kernel's scratch
+  // for all channels, which covers the weight gradient's alone (its padded rows and sums) too; else that.
+  if (depthwise_nchw_grad_input_weight_applies(g, element_size))
+    return std::max(most, depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size));
+  if (!depthwise_nchw_grad_weight_applies(g, false)) return most;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  return std::max(most, depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                            g.in_channels * taps * lanes);
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -753,6 +781,115 @@ void depthwise_nchw_grad_input_kernel(const ConvGeometry& g, const scalar_t* go,
                         flipped_depthwise_taps(g, w).data(), static_cast<const scalar_t*>(nullptr), gi);
 }
 
+// ---- Depthwise input gradient at stride 2 on wide rows (conv_depthwise.inc, depthwise_spread_*) ---------
+
+// The lane tables of depthwise_spread_grad_input for a layer: the lowest shift ceil((left - kj) / 2) of the
+// kernel columns; per shift c (of (k + 1) / 2, from the lowest on) the dy lane each lane takes (`index`) and,
+// per input-gradient vector of a row, the lanes a tap of that shift reaches inside the row and the output
+// gradient (`shift_lanes`); per vector the dy lanes inside the row (`load_lanes`); and per shift and lane
+// the kernel column whose weight the lane takes, -1 for none (`tap`).
+template <typename scalar_t>
+struct SpreadLanes {
+  int64_t lowest_shift = 0, shifts = 0;
+  std::vector<planes_baseline::LaneIndex<scalar_t>> index;
+  std::vector<uint32_t> shift_lanes, load_lanes;
+  std::vector<int64_t> tap;
+};
+
+// ceil(a / 2) for any a.
+int64_t ceil_half(int64_t a) { return -floor_div(-a, 2); }
+
+template <typename scalar_t>
+SpreadLanes<scalar_t> spread_lanes(const ConvGeometry& g) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_w, left = g.pad_w, vectors = (g.in_w + L - 1) / L;
+  SpreadLanes<scalar_t> t;
+  t.lowest_shift = ceil_half(left - (k - 1));
+  t.shifts = (k + 1) / 2;
+  TORCH_INTERNAL_ASSERT(ceil_half(left) - t.lowest_shift + 1 == t.shifts);
+  t.index.assign(t.shifts * L, 0);
+  t.tap.assign(t.shifts * L, -1);
+  for (int64_t kj = 0; kj < k; ++kj)
+    for (int64_t l = 0; l < L; ++l)
+      if ((l + left - kj) % 2 == 0) t.tap[(ceil_half(left - kj) - t.lowest_shift) * L + l] = kj;
+  for (int64_t c = 0; c < t.shifts; ++c)
+    for (int64_t l = 0; l < L; ++l) t.index[c * L + l] = l / 2 + c;
+  t.shift_lanes.assign(vectors * t.shifts, 0);
+  t.load_lanes.assign(vectors, 0);
+  for (int64_t h = 0; h < vectors; ++h) {
+    const int64_t first = h * L / 2 + t.lowest_shift;  // the dy column of loaded lane 0
+    for (int64_t l = 0; l < L; ++l) {
+      if (first + l >= 0 && first + l < g.out_w) t.load_lanes[h] |= 1u << l;
+      for (int64_t c = 0; c < t.shifts; ++c) {
+        const int64_t column = first + l / 2 + c;
+        if (t.tap[c * L + l] >= 0 && h * L + l < g.in_w && column >= 0 && column < g.out_w)
+          t.shift_lanes[h * t.shifts + c] |= 1u << l;
+      }
+    }
+  }
+  return t;
+}
+
+// Every channel's per-lane weights (C, k, shifts, L): lane l of shift c in kernel row ki holds
+// w[ki][tap], zero where the lane takes no tap.
+template <typename scalar_t>
+std::vector<scalar_t> spread_weights(const ConvGeometry& g, const SpreadLanes<scalar_t>& t, const scalar_t* w) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const int64_t k = g.kernel_h, row = t.shifts * L;
+  std::vector<scalar_t> weights(g.in_channels * k * row, scalar_t(0));
+  for (int64_t c = 0; c < g.in_channels; ++c)
+    for (int64_t ki = 0; ki < k; ++ki)
+      for (int64_t i = 0; i < row; ++i)
+        if (t.tap[i] >= 0) weights[(c * k + ki) * row + i] = w[(c * k + ki) * k + t.tap[i]];
+  return weights;
+}
+
+// The input-gradient plane p of a layer (see depthwise_spread_grad_input), its channel's weights from
+// `weights` (spread_weights); kStream picked by `stream`.
+template <typename scalar_t>
+void depthwise_spread_plane(const ConvGeometry& g, const SpreadLanes<scalar_t>& t, const scalar_t* weights,
+                            const scalar_t* go, int64_t p, const PlaneAhead<scalar_t>& ahead, bool stream,
+                            scalar_t* gi_plane) {
+  const int64_t k = g.kernel_h, out_plane = g.out_h * g.out_w;
+  const scalar_t* w = weights + p % g.in_channels * k * t.shifts * (64 / sizeof(scalar_t));
+#define FASTCONV_SPREAD(K, S)                                                                                 \
+  FASTCONV_CALL_PLANES(depthwise_spread_grad_input<K, S, scalar_t>(                                          \
+      go + p * out_plane, g.out_h, g.out_w, g.pad_h, t.lowest_shift, t.index.data(), t.shift_lanes.data(),     \
+      t.load_lanes.data(), w, g.in_h, g.in_w, ahead, gi_plane))
+  if (k == 3 && stream)
+    FASTCONV_SPREAD(3, true);
+  else if (k == 3)
+    FASTCONV_SPREAD(3, false);
+  else if (stream)
+    FASTCONV_SPREAD(5, true);
+  else
+    FASTCONV_SPREAD(5, false);
+#undef FASTCONV_SPREAD
+}
+
+// gi (N, C, H, W) from the output gradient (N, C, out_h, out_w), one plane per work item; outputs of
+// 8-32 MiB streamed as in depthwise_nchw_planes.
+template <typename scalar_t>
+void depthwise_spread_grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* w, scalar_t* gi) {
+  constexpr int64_t L = 64 / sizeof(scalar_t);
+  const SpreadLanes<scalar_t> t = spread_lanes<scalar_t>(g);
+  const std::vector<scalar_t> weights = spread_weights(g, t, w);
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t compact = streamed_plane_elements(g.batch * g.in_channels, in_plane, sizeof(scalar_t));
+  const bool stream_rows = streams_whole_rows(compact, g.in_w, gi);
+  const bool fetch_ahead = out_plane * int64_t(sizeof(scalar_t)) >= (8 << 10);
+  at::parallel_for(0, g.batch * g.in_channels, depthwise_plane_grain(in_plane), [&](int64_t p0, int64_t p1) {
+    std::vector<scalar_t> scratch(compact > 0 && !stream_rows ? compact + L : 0);
+    scalar_t* staged = scratch.empty() ? nullptr : align_64(scratch.data());
+    for (int64_t p = p0; p < p1; ++p) {
+      const PlaneAhead<scalar_t> ahead{fetch_ahead && p + 1 < p1 ? go + (p + 1) * out_plane : nullptr, out_plane};
+      depthwise_spread_plane(g, t, weights.data(), go, p, ahead, stream_rows, staged ? staged : gi + p * in_plane);
+      if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, gi + p * in_plane, in_plane));
+    }
+    if (compact > 0) FASTCONV_CALL_PLANES(finish_streaming());
+  });
+}
+
 // sums (taps x 64 bytes) += the products of the output-gradient plane dy with the padded input rows, per tap
 // (depthwise_nchw_weight for the layout's kernel size and stride).
 template <typename scalar_t>
@@ -832,23 +969,30 @@ void depthwise_nchw_grad_input_weight_kernel(const ConvGeometry& g, const scalar
   const DepthwiseNchwLayout w_layout = depthwise_nchw_forward_layout(g, L);
   const int64_t channels = g.in_channels, taps = w_layout.kernel * w_layout.kernel;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  const std::vector<scalar_t> flipped = flipped_depthwise_taps(g, w);
+  // At stride 2 with AVX-512 the output gradient is read in place (depthwise_spread_grad_input).
+  const bool spread = depthwise_spread_grad_input_applies(g, sizeof(scalar_t));
+  const SpreadLanes<scalar_t> lanes = spread ? spread_lanes<scalar_t>(g) : SpreadLanes<scalar_t>{};
+  const std::vector<scalar_t> gi_weights = spread ? spread_weights(g, lanes, w) : flipped_depthwise_taps(g, w);
   const int64_t compact = streamed_plane_elements(g.batch * channels, in_plane, sizeof(scalar_t));
   const bool stream_rows = streams_whole_rows(compact, g.in_w, gi);  // (see there)
   at::parallel_for(0, channels, 1, [&](int64_t c0, int64_t c1) {
     std::vector<scalar_t> scratch(
         depthwise_nchw_grad_input_weight_scratch_elements(g, c1 - c0, sizeof(scalar_t)));  // zeros: the padding
     scalar_t* padded_go = align_64(scratch.data());
-    scalar_t* padded_in = padded_go + gi_layout.elements();
+    scalar_t* padded_in = padded_go + (spread ? 0 : gi_layout.elements());
     scalar_t* sums = padded_in + w_layout.elements();  // taps vectors per channel of the range
     scalar_t* staged = compact > 0 && !stream_rows ? sums + (c1 - c0) * taps * L : nullptr;
     for_planes_by_image(g.batch, channels, c0, c1, [&](int64_t p, int64_t c, int64_t next) {
       const PlaneAhead<scalar_t> ahead{next < 0 ? nullptr : go + next * out_plane, out_plane,
                                        next < 0 ? nullptr : in + next * in_plane, in_plane};
       scalar_t* gi_plane = gi + p * in_plane;
-      depthwise_nchw_fill_plane(gi_layout, go + p * out_plane, padded_go);
-      depthwise_nchw_correlate_plane(gi_layout, padded_go, flipped.data() + c * taps, scalar_t(0), ahead,
-                                     stream_rows, staged ? staged : gi_plane);
+      if (spread) {
+        depthwise_spread_plane(g, lanes, gi_weights.data(), go, p, ahead, stream_rows, staged ? staged : gi_plane);
+      } else {
+        depthwise_nchw_fill_plane(gi_layout, go + p * out_plane, padded_go);
+        depthwise_nchw_correlate_plane(gi_layout, padded_go, gi_weights.data() + c * taps, scalar_t(0), ahead,
+                                       stream_rows, staged ? staged : gi_plane);
+      }
       if (staged) FASTCONV_CALL_PLANES(stream_run<scalar_t>(staged, gi_plane, in_plane));
       depthwise_nchw_fill_plane(w_layout, in + p * in_plane, padded_in);
       depthwise_nchw_weight_plane(w_layout, padded_in, go + p * out_plane, PlaneAhead<scalar_t>{},
@@ -1341,6 +1485,8 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
   if (depthwise_flat_applies(g, sizeof(scalar_t))) return depthwise_flat_grad_input_kernel(g, go, w, gi);
   if (depthwise_stride2_rows_apply(g, sizeof(scalar_t)))
     return depthwise_stride2_rows_grad_input_kernel(g, go, w, gi);
+  if (depthwise_spread_grad_input_applies(g, sizeof(scalar_t)))
+    return depthwise_spread_grad_input_kernel(g, go, w, gi);
   if (depthwise_nchw_applies(g)) return depthwise_nchw_grad_input_kernel(g, go, w, gi);
   if (depthwise_blocks_grad_input_apply(g)) return depthwise_blocks_grad_input_kernel(g, go, w, gi);
   if (plane_grad_input_uses_padding(g)) {
@@ -2197,8 +2343,9 @@ ConvGrads direct_conv2d_backward(const ConvGeometry& g, const at::Tensor& grad_o
   }
   AT_DISPATCH_FLOATING_TYPES(input_any.scalar_type(), "direct_conv2d_backward", [&] {
     // Where the weight gradient runs on NCHW planes, so does the input gradient (its rows are too wide
-    // for narrow rows): both in one pass when both are asked for.
-    if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_weight_applies(g, true)) {
+    // for narrow rows): both in one pass when both are asked for, unless the input gradient reads the
+    // output gradient in place (see depthwise_nchw_grad_input_weight_applies).
+    if (output_mask[0] && output_mask[1] && depthwise_nchw_grad_input_weight_applies(g, element_size)) {
       grad_input = empty_output(input_any.sizes(), input_any.options());
       grad_weight = at::empty(weight.sizes(), weight.options());
       depthwise_nchw_grad_input_weight_kernel<scalar_t>(
