@@ -808,11 +808,12 @@ def test_depthwise_same_shape_planes(case, dtype):
                          lambda: F.conv2d(x, w, b, 1, (k - 1) // 2, 1, c), (x, w, b), TOL[dtype])
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7)])
-def test_depthwise_same_shape_planes_keep_non_finite_inputs_in_place(shape):
-    # Rows are loaded whole vectors at a time, into the next row: an infinite or NaN input reaches only the
-    # outputs, input-gradient pixels and weight-gradient taps that read it, as in torch (a tap whose column
-    # never reaches the pixel keeps a finite gradient).
+@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7), (2, 4, 9, 56), (2, 4, 6, 57)])
+def test_depthwise_stride1_planes_keep_non_finite_inputs_in_place(shape):
+    # Rows are loaded whole vectors at a time, into the next row (narrow and flat planes) or masked at their
+    # ends (wider rows): an infinite or NaN input reaches only the outputs, input-gradient pixels and
+    # weight-gradient taps that read it, as in torch (a tap whose column never reaches the pixel keeps a
+    # finite gradient).
     x = torch.randn(shape)
     x[0, 1, 3, 0] = float("inf")
     x[1, 2, shape[2] - 1, shape[3] - 1] = float("nan")
