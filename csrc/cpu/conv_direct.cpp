@@ -45,6 +45,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -739,6 +740,20 @@ void depthwise_nchw_correlate_plane(const DepthwiseNchwLayout& l, const scalar_t
 
 #undef FASTCONV_DEPTHWISE_NCHW_CASES
 
+// fn(std::integral_constant<int, K>, std::bool_constant<kStream>) for the kernel size k (3 or 5) and
+// `stream`: the template arguments of the in-place and spread kernels.
+template <typename Fn>
+void for_kernel_and_stream(int64_t k, bool stream, const Fn& fn) {
+  if (k == 3 && stream)
+    fn(std::integral_constant<int, 3>{}, std::true_type{});
+  else if (k == 3)
+    fn(std::integral_constant<int, 3>{}, std::false_type{});
+  else if (stream)
+    fn(std::integral_constant<int, 5>{}, std::true_type{});
+  else
+    fn(std::integral_constant<int, 5>{}, std::false_type{});
+}
+
 // The lane masks of depthwise_inplace_rows for a layout: per vector h of an output row and kernel column
 // kj, the lanes whose source column h L + l + kj - left lies inside the source row and whose output column
 // inside the output row.
@@ -764,16 +779,10 @@ void depthwise_nchw_plane(const DepthwiseNchwLayout& l, const uint32_t* inplace_
     depthwise_nchw_fill_plane(l, src, padded);
     return depthwise_nchw_correlate_plane(l, padded, w, start, ahead, stream, out);
   }
-#define FASTCONV_INPLACE(K, S)                                                                                   FASTCONV_CALL_PLANES(depthwise_inplace_correlate<K, S, scalar_t>(src, l.src_h, l.src_w, l.top, l.left,                                                                         inplace_lanes, w, start, l.out_h, l.out_w,                                                                    ahead, out))
-  if (l.kernel == 3 && stream)
-    FASTCONV_INPLACE(3, true);
-  else if (l.kernel == 3)
-    FASTCONV_INPLACE(3, false);
-  else if (stream)
-    FASTCONV_INPLACE(5, true);
-  else
-    FASTCONV_INPLACE(5, false);
-#undef FASTCONV_INPLACE
+  for_kernel_and_stream(l.kernel, stream, [&](auto k, auto streamed) {
+    FASTCONV_CALL_PLANES(depthwise_inplace_correlate<decltype(k)::value, decltype(streamed)::value, scalar_t>(
+        src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
+  });
 }
 
 // out (N, C, out_h, out_w) = the correlation of each source plane (N, C, src_h, src_w), placed by `l`, with
@@ -907,19 +916,11 @@ void depthwise_spread_plane(const ConvGeometry& g, const SpreadLanes<scalar_t>& 
                             scalar_t* gi_plane) {
   const int64_t k = g.kernel_h, out_plane = g.out_h * g.out_w;
   const scalar_t* w = weights + p % g.in_channels * k * t.shifts * (64 / sizeof(scalar_t));
-#define FASTCONV_SPREAD(K, S)                                                                                 \
-  FASTCONV_CALL_PLANES(depthwise_spread_grad_input<K, S, scalar_t>(                                          \
-      go + p * out_plane, g.out_h, g.out_w, g.pad_h, t.lowest_shift, t.index.data(), t.shift_lanes.data(),     \
-      t.load_lanes.data(), w, g.in_h, g.in_w, ahead, gi_plane))
-  if (k == 3 && stream)
-    FASTCONV_SPREAD(3, true);
-  else if (k == 3)
-    FASTCONV_SPREAD(3, false);
-  else if (stream)
-    FASTCONV_SPREAD(5, true);
-  else
-    FASTCONV_SPREAD(5, false);
-#undef FASTCONV_SPREAD
+  for_kernel_and_stream(k, stream, [&](auto kernel, auto streamed) {
+    FASTCONV_CALL_PLANES(depthwise_spread_grad_input<decltype(kernel)::value, decltype(streamed)::value, scalar_t>(
+        go + p * out_plane, g.out_h, g.out_w, g.pad_h, t.lowest_shift, t.index.data(), t.shift_lanes.data(),
+        t.load_lanes.data(), w, g.in_h, g.in_w, ahead, gi_plane));
+  });
 }
 
 // gi (N, C, H, W) from the output gradient (N, C, out_h, out_w), one plane per work item; outputs of
