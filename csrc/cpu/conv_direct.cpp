@@ -31,7 +31,8 @@
 // stride 2 with input rows of at most two vectors and output rows of at most one, the forward and input
 // gradient (and where those rows fill more than half a vector, the weight gradient) row by row from the
 // planes in place (depthwise_stride2_rows*); with wider rows, the input gradient from the output-gradient
-// planes in place, each tap's lanes taking its pixels by a permute (depthwise_spread_*).
+// planes in place, each tap's lanes taking its pixels by a permute (depthwise_spread_*), and at stride 1
+// the forward and input gradient from the source planes in place by masked loads (depthwise_inplace_*).
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
