@@ -689,10 +689,12 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
   if (!depthwise_nchw_applies(g)) return 0;
   const int64_t planes = g.batch * g.in_channels, out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
   // (The input gradient read in place, depthwise_spread_grad_input, has no padded rows.)
+  const DepthwiseNchwLayout forward = depthwise_nchw_forward_layout(g, lanes);
+  const DepthwiseNchwLayout grad_input = depthwise_nchw_grad_input_layout(g, lanes);
   const int64_t padded_go = depthwise_spread_grad_input_applies(g, element_size)
                                 ? lanes
-                                : depthwise_correlation_scratch_elements(depthwise_nchw_grad_input_layout(g, lanes), lanes);
-  const int64_t most = std::max(depthwise_correlation_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
+                                : depthwise_correlation_scratch_elements(grad_input, lanes);
+  const int64_t most = std::max(depthwise_correlation_scratch_elements(forward, lanes) +
                                     streamed_plane_elements(planes, out_plane, element_size),
                                 padded_go + streamed_plane_elements(planes, in_plane, element_size));
   // Where the weight gradient runs on NCHW planes: in one pass with the input gradient, that kernel's scratch
@@ -701,8 +703,7 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
     return std::max(most, depthwise_nchw_grad_input_weight_scratch_elements(g, g.in_channels, element_size));
   if (!depthwise_nchw_grad_weight_applies(g, false)) return most;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  return std::max(most, depthwise_nchw_scratch_elements(depthwise_nchw_forward_layout(g, lanes), lanes) +
-                            g.in_channels * taps * lanes);
+  return std::max(most, depthwise_nchw_scratch_elements(forward, lanes) + g.in_channels * taps * lanes);
 }
 
 // The instruction set's kernels for the layout's kernel size and stride.
@@ -806,7 +807,8 @@ void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, 
   // gradient 1.61-1.72 -> 1.25-1.38 ms; 56x56 planes stayed equal or lost (stride 2 forward 0.26-0.29 ->
   // 0.36-0.42 ms), and so did 28x28.
   const bool fetch_ahead = src_plane * int64_t(sizeof(scalar_t)) >= (32 << 10);
-  const std::vector<uint32_t> inplace = depthwise_inplace_applies(l) ? depthwise_inplace_lanes(l, L) : std::vector<uint32_t>{};
+  const std::vector<uint32_t> inplace =
+      depthwise_inplace_applies(l) ? depthwise_inplace_lanes(l, L) : std::vector<uint32_t>{};
   const int64_t padded_elements = depthwise_correlation_scratch_elements(l, L) - L;
   at::parallel_for(0, g.batch * channels, depthwise_plane_grain(out_plane), [&](int64_t p0, int64_t p1) {
     std::vector<scalar_t> scratch(padded_elements + L + (stream_rows ? 0 : compact));  // zeros
