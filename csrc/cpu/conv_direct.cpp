@@ -641,9 +641,9 @@ bool depthwise_inplace_applies(const DepthwiseNchwLayout& l) {
   return active_cpu_isa() == CpuIsa::Avx512 && l.stride == 1 && l.step == 1;
 }
 
-// The scratch of one correlation (depthwise_nchw_planes): none in place but the alignment.
-int64_t depthwise_correlation_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) {
-  return depthwise_inplace_applies(l) ? lanes : depthwise_nchw_scratch_elements(l, lanes);
+// Elements of the padded rows a correlation uses: none where it reads the source in place.
+int64_t depthwise_padded_elements(const DepthwiseNchwLayout& l) {
+  return depthwise_inplace_applies(l) ? 0 : l.elements();
 }
 
 // Whether a depthwise layer's weight gradient runs on NCHW planes, alone or (with_input_gradient) in one
@@ -678,8 +678,7 @@ int64_t depthwise_nchw_grad_input_weight_scratch_elements(const ConvGeometry& g,
                                                           int64_t element_size) {
   const int64_t lanes = 64 / element_size;
   const DepthwiseNchwLayout gi = depthwise_nchw_grad_input_layout(g, lanes), fw = depthwise_nchw_forward_layout(g, lanes);
-  const int64_t padded_go =
-      depthwise_spread_grad_input_applies(g, element_size) || depthwise_inplace_applies(gi) ? 0 : gi.elements();
+  const int64_t padded_go = depthwise_spread_grad_input_applies(g, element_size) ? 0 : depthwise_padded_elements(gi);
   return lanes + padded_go + fw.elements() + channels * fw.kernel * fw.kernel * lanes +
          streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
 }
@@ -691,10 +690,9 @@ int64_t depthwise_nchw_workspace_elements(const ConvGeometry& g, int64_t element
   // (The input gradient read in place, depthwise_spread_grad_input, has no padded rows.)
   const DepthwiseNchwLayout forward = depthwise_nchw_forward_layout(g, lanes);
   const DepthwiseNchwLayout grad_input = depthwise_nchw_grad_input_layout(g, lanes);
-  const int64_t padded_go = depthwise_spread_grad_input_applies(g, element_size)
-                                ? lanes
-                                : depthwise_correlation_scratch_elements(grad_input, lanes);
-  const int64_t most = std::max(depthwise_correlation_scratch_elements(forward, lanes) +
+  const int64_t padded_go =
+      lanes + (depthwise_spread_grad_input_applies(g, element_size) ? 0 : depthwise_padded_elements(grad_input));
+  const int64_t most = std::max(lanes + depthwise_padded_elements(forward) +
                                     streamed_plane_elements(planes, out_plane, element_size),
                                 padded_go + streamed_plane_elements(planes, in_plane, element_size));
   // Where the weight gradient runs on NCHW planes: in one pass with the input gradient, that kernel's scratch
@@ -809,7 +807,7 @@ void depthwise_nchw_planes(const ConvGeometry& g, const DepthwiseNchwLayout& l, 
   const bool fetch_ahead = src_plane * int64_t(sizeof(scalar_t)) >= (32 << 10);
   const std::vector<uint32_t> inplace =
       depthwise_inplace_applies(l) ? depthwise_inplace_lanes(l, L) : std::vector<uint32_t>{};
-  const int64_t padded_elements = depthwise_correlation_scratch_elements(l, L) - L;
+  const int64_t padded_elements = depthwise_padded_elements(l);
   at::parallel_for(0, g.batch * channels, depthwise_plane_grain(out_plane), [&](int64_t p0, int64_t p1) {
     std::vector<scalar_t> scratch(padded_elements + L + (stream_rows ? 0 : compact));  // zeros
     scalar_t* padded = align_64(scratch.data());  // (its zeros are the padding)
@@ -1041,7 +1039,7 @@ void depthwise_nchw_grad_input_weight_kernel(const ConvGeometry& g, const scalar
     std::vector<scalar_t> scratch(
         depthwise_nchw_grad_input_weight_scratch_elements(g, c1 - c0, sizeof(scalar_t)));  // zeros: the padding
     scalar_t* padded_go = align_64(scratch.data());
-    scalar_t* padded_in = padded_go + (spread || !inplace.empty() ? 0 : gi_layout.elements());
+    scalar_t* padded_in = padded_go + (spread ? 0 : depthwise_padded_elements(gi_layout));
     scalar_t* sums = padded_in + w_layout.elements();  // taps vectors per channel of the range
     scalar_t* staged = compact > 0 && !stream_rows ? sums + (c1 - c0) * taps * L : nullptr;
     for_planes_by_image(g.batch, channels, c0, c1, [&](int64_t p, int64_t c, int64_t next) {
