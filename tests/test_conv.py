@@ -912,8 +912,8 @@ def test_depthwise_stride2_narrow_rows_weight_gradient_unread_pixels_and_threads
 
 
 # (N, C, H, W, kernel, padding): stride-2 depthwise layers whose rows are too wide for the narrow-row kernels
-# (with AVX-512 their input gradient reads the output gradient in place): odd and even widths, a width just
-# past two vectors of floats, paddings from none to the kernel's reach.
+# (with AVX-512 their forward reads the input and their input gradient the output gradient in place): odd
+# and even widths, a width just past two vectors of floats, paddings from none to the kernel's reach.
 DEPTHWISE_STRIDE2_WIDE_CASES = [
     (2, 3, 40, 40, 5, 1),
     (2, 3, 9, 57, 3, 0),
@@ -926,10 +926,13 @@ DEPTHWISE_STRIDE2_WIDE_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", DEPTHWISE_STRIDE2_WIDE_CASES)
-def test_depthwise_stride2_wide_rows_input_gradient(case, dtype):
-    # The input gradient alone (the weight needs none) and with the weight gradient.
+def test_depthwise_stride2_wide_rows(case, dtype):
+    # The forward with a bias; the input gradient alone (the weight needs none) and with the weight gradient.
     n, c, h, w_, k, p = case
-    x, w, _ = _make((n, c, h, w_), (c, 1, k, k), c, False, dtype)
+    x, w, b = _make((n, c, h, w_), (c, 1, k, k), c, True, dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(FC.conv2d(x, w, b, 2, p, 1, c, algo="direct"), F.conv2d(x, w, b, 2, p, 1, c),
+                                   **TOL[dtype])
     want = F.conv2d(x, w, None, 2, p, 1, c)
     grad_out = torch.randn_like(want)
     expected = torch.autograd.grad(want, (x, w), grad_out)
@@ -953,6 +956,33 @@ def test_depthwise_stride2_wide_rows_stream_large_input_gradients(width):
     both = torch.autograd.grad(FC.conv2d(x, w, None, 2, 1, 1, 48, algo="direct"), (x, w), grad_out)
     torch.testing.assert_close(both[0], expected[0], **TOL[torch.float32])
     torch.testing.assert_close(both[1], expected[1], rtol=1e-4, atol=1e-2)  # sums of 57k products
+
+
+@pytest.mark.parametrize("shape", [(8, 64, 128, 128), (9, 64, 120, 120)])
+def test_depthwise_stride2_wide_rows_stream_large_outputs(shape):
+    # 8.3-8.4 MB forward outputs: streamed past the caches, from the kernel itself where the output rows are
+    # whole aligned vectors (64 pixels), through a staging plane otherwise (60).
+    x, w, b = _make(shape, (64, 1, 3, 3), 64, True, torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(FC.conv2d(x, w, b, 2, 1, 1, 64, algo="direct"), F.conv2d(x, w, b, 2, 1, 1, 64),
+                                   **TOL[torch.float32])
+
+
+def test_depthwise_stride2_wide_rows_keep_non_finite_inputs_in_place():
+    # The forward reads each row by loads masked to the row: an infinite or NaN input at a row's ends or in
+    # the plane's corners reaches only the outputs whose taps read it, as in torch.
+    x = torch.randn(2, 4, 9, 58)
+    x[0, 1, 3, 0] = float("inf")
+    x[0, 2, 4, 57] = float("nan")
+    x[1, 0, 0, 0] = float("-inf")
+    x[1, 3, 8, 57] = float("inf")
+    x[1, 2, 5, 31] = float("nan")
+    w = torch.randn(4, 1, 5, 5)
+    for k, padding in ((3, 0), (3, 1), (5, 1), (5, 2)):
+        kernel = w[:, :, :k, :k].contiguous()
+        torch.testing.assert_close(FC.conv2d(x, kernel, None, 2, padding, 1, 4, algo="direct"),
+                                   F.conv2d(x, kernel, None, 2, padding, 1, 4), equal_nan=True,
+                                   **TOL[torch.float32])
 
 
 def test_depthwise_stride2_wide_rows_input_gradient_non_finite():

@@ -31,8 +31,9 @@
 // stride 2 with input rows of at most two vectors and output rows of at most one, the forward and input
 // gradient (and where those rows fill more than half a vector, the weight gradient) row by row from the
 // planes in place (depthwise_stride2_rows*); with wider rows, the input gradient from the output-gradient
-// planes in place, each tap's lanes taking its pixels by a permute (depthwise_spread_*), and at stride 1
-// the forward and input gradient from the source planes in place by masked loads (depthwise_inplace_*).
+// planes in place, each tap's lanes taking its pixels by a permute (depthwise_spread_*), at stride 1
+// the forward and input gradient from the source planes in place by masked loads (depthwise_inplace_*),
+// and at stride 2 the forward so, each loaded pair of vectors split into its even and odd columns.
 //
 // One-dimensional layers take some passes along their rows instead (conv_rows.cpp: few input channels
 // forward, few entries for the input gradient, dilated or few entries for the weight gradient).
@@ -632,13 +633,18 @@ DepthwiseNchwLayout depthwise_nchw_grad_input_layout(const ConvGeometry& g, int6
 int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t lanes) { return l.elements() + lanes; }
 
 // Whether the correlation of a layout reads its source plane in place (depthwise_inplace_correlate) instead
-// of padded rows: with AVX-512, at stride 1 (the forward and the input gradient of stride-1 layers).
+// of padded rows: with AVX-512, at stride 1 (the forward and the input gradient of stride-1 layers) and at
+// stride 2 (the forward of stride-2 layers).
 // MobileNetV2 at batch 8, 2 threads, four rounds on a noisy machine (least to most): 144x56x56 forward
 // 0.84-1.25 -> 0.67-0.82 ms, input gradient 0.77-1.57 -> 0.65-0.95 ms; 32x112x112 forward 0.51-0.59 ->
 // 0.43-0.55 ms, input gradient 0.50-0.65 -> 0.45-0.56 ms. One thread, planes in the caches: 56x56 forward
 // 982-1004 -> 947-1130 ns a plane, 112x112 4042-4880 -> 3648-3898 ns.
+//
+// At stride 2 (depthwise_inplace_stride2_correlate), MobileNetV2's forward, 2 threads, two rounds: 96x112x112
+// -> 56x56 1.46-1.62 -> 1.20-1.26 ms at batch 8, 0.135-0.144 -> 0.107-0.111 ms at batch 1; 144x56x56 ->
+// 28x28 0.37-0.50 -> 0.29 ms and 0.052-0.054 -> 0.043-0.050 ms.
 bool depthwise_inplace_applies(const DepthwiseNchwLayout& l) {
-  return active_cpu_isa() == CpuIsa::Avx512 && l.stride == 1 && l.step == 1;
+  return active_cpu_isa() == CpuIsa::Avx512 && l.step == 1 && (l.stride == 1 || l.stride == 2);
 }
 
 // Elements of the padded rows a correlation uses: none where it reads the source in place.
@@ -756,9 +762,23 @@ void for_kernel_and_stream(int64_t k, bool stream, const Fn& fn) {
 
 // The lane masks of depthwise_inplace_rows for a layout: per vector h of an output row and kernel column
 // kj, the lanes whose source column h L + l + kj - left lies inside the source row and whose output column
-// inside the output row.
+// inside the output row. At stride 2, those of depthwise_inplace_stride2_rows: per vector h of an output
+// row, pair p of source vectors and vector q of it, the lanes whose source column 2 h L - left + 2 p + q L + l
+// lies inside the row.
 std::vector<uint32_t> depthwise_inplace_lanes(const DepthwiseNchwLayout& l, int64_t lanes) {
   const int64_t vectors = (l.out_w + lanes - 1) / lanes;
+  if (l.stride == 2) {
+    const int64_t pairs = (l.kernel + 1) / 2;
+    std::vector<uint32_t> masks(vectors * pairs * 2, 0);
+    for (int64_t h = 0; h < vectors; ++h)
+      for (int64_t p = 0; p < pairs; ++p)
+        for (int64_t q = 0; q < 2; ++q)
+          for (int64_t lane = 0; lane < lanes; ++lane) {
+            const int64_t column = 2 * h * lanes - l.left + 2 * p + q * lanes + lane;
+            if (column >= 0 && column < l.src_w) masks[(h * pairs + p) * 2 + q] |= 1u << lane;
+          }
+    return masks;
+  }
   std::vector<uint32_t> masks(vectors * l.kernel, 0);
   for (int64_t h = 0; h < vectors; ++h)
     for (int64_t kj = 0; kj < l.kernel; ++kj)
@@ -780,8 +800,14 @@ void depthwise_nchw_plane(const DepthwiseNchwLayout& l, const uint32_t* inplace_
     return depthwise_nchw_correlate_plane(l, padded, w, start, ahead, stream, out);
   }
   for_kernel_and_stream(l.kernel, stream, [&](auto k, auto streamed) {
-    FASTCONV_CALL_PLANES(depthwise_inplace_correlate<decltype(k)::value, decltype(streamed)::value, scalar_t>(
-        src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
+    constexpr int K = decltype(k)::value;
+    constexpr bool kStream = decltype(streamed)::value;
+    if (l.stride == 2)
+      FASTCONV_CALL_PLANES(depthwise_inplace_stride2_correlate<K, kStream, scalar_t>(
+          src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
+    else
+      FASTCONV_CALL_PLANES(depthwise_inplace_correlate<K, kStream, scalar_t>(
+          src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
   });
 }
 
