@@ -63,7 +63,9 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   // The ATen calls inside are implementation details, never part of an autograd graph.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   ConvGeometry g = check_conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups);
-  parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);  // rejects a bad name first
+  // Chosen on the layer's own geometry (auto's rule for strided 1x1 layers names them), before a strided
+  // 1x1 layer becomes a stride-1 one on its picked pixels; also rejects a bad name first.
+  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);
   check_float_dtype("conv2d", input, /*allow_reduced_precision=*/false);
   const at::Tensor weight_c = weight.contiguous();  // outlives the kernels that read it
   const at::MemoryFormat format = conv2d_memory_format(input, weight);
@@ -73,7 +75,6 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     g = picked_pointwise_geometry(g);
   }
   const at::Tensor& source = picked.defined() ? picked : input;
-  const ConvAlgo which = parse_conv_algo("conv2d", algo, g, ConvPass::Forward, /*on_cuda=*/false);
   at::Tensor out;
   if (g.is_empty()) {
     // A view of an empty tensor, as torch returns it: its shape may be too large for at::empty's
@@ -127,7 +128,7 @@ int64_t conv2d_workspace_bytes_cpu(const at::Tensor& input, const at::Tensor& we
     // A strided 1x1 layer's forward: the picked pixels, then the stride-1 layer on them.
     const int64_t picked_bytes = pass == ConvPass::Forward ? forward_picked_bytes(g, element_size) : 0;
     const ConvGeometry pg = picked_bytes > 0 ? picked_pointwise_geometry(g) : g;
-    const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo, pg, pass, false);
+    const ConvAlgo which = parse_conv_algo("conv2d_workspace_bytes", algo, g, pass, false);  // as conv2d_cpu
     most = std::max(most, picked_bytes + (which == ConvAlgo::Im2col ? im2col_workspace_bytes(pg, element_size)
                                                                     : direct_workspace_bytes(pg, element_size)));
   }
