@@ -640,7 +640,7 @@ int64_t depthwise_nchw_scratch_elements(const DepthwiseNchwLayout& l, int64_t la
 // 0.43-0.55 ms, input gradient 0.50-0.65 -> 0.45-0.56 ms. One thread, planes in the caches: 56x56 forward
 // 982-1004 -> 947-1130 ns a plane, 112x112 4042-4880 -> 3648-3898 ns.
 //
-// At stride 2 (depthwise_inplace_stride2_correlate), MobileNetV2's forward, 2 threads, two rounds: 96x112x112
+// At stride 2 (depthwise_inplace_stride2_rows), MobileNetV2's forward, 2 threads, two rounds: 96x112x112
 // -> 56x56 1.46-1.62 -> 1.20-1.26 ms at batch 8, 0.135-0.144 -> 0.107-0.111 ms at batch 1; 144x56x56 ->
 // 28x28 0.37-0.50 -> 0.29 ms and 0.052-0.054 -> 0.043-0.050 ms.
 bool depthwise_inplace_applies(const DepthwiseNchwLayout& l) {
@@ -803,10 +803,10 @@ void depthwise_nchw_plane(const DepthwiseNchwLayout& l, const uint32_t* inplace_
     constexpr int K = decltype(k)::value;
     constexpr bool kStream = decltype(streamed)::value;
     if (l.stride == 2)
-      FASTCONV_CALL_PLANES(depthwise_inplace_stride2_correlate<K, kStream, scalar_t>(
+      FASTCONV_CALL_PLANES(depthwise_inplace_correlate<K, 2, kStream, scalar_t>(
           src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
     else
-      FASTCONV_CALL_PLANES(depthwise_inplace_correlate<K, kStream, scalar_t>(
+      FASTCONV_CALL_PLANES(depthwise_inplace_correlate<K, 1, kStream, scalar_t>(
           src, l.src_h, l.src_w, l.top, l.left, inplace_lanes, w, start, l.out_h, l.out_w, ahead, out));
   });
 }
