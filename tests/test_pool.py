@@ -144,6 +144,50 @@ def test_max_pool_stride_4_on_long_rows(kernel, padding, dilation, dtype):
         torch.testing.assert_close(_grads(out, t, grad_out), _grads(ref, t, grad_out), rtol=0, atol=0)
 
 
+def _same_bits(a, b):
+    """Bitwise equality (signed zeros and NaN payloads included)."""
+    bits = torch.int32 if a.dtype == torch.float32 else torch.int64
+    return a.shape == b.shape and torch.equal(a.contiguous().view(bits), b.contiguous().view(bits))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [(4, 4, 0), (3, 2, 1), (3, 2, 0)])
+def test_max_pool_values_quick_forms_keep_torch_bits(window, dtype):
+    # max_pool1d(4) and max_pool1d(3, 2, p) without indices combine taps by vector maxima and check a NaN
+    # probe per row: a NaN at every position of a window (payloads told apart), signed zeros tied in every
+    # order, windows of -inf, rows without any of these next to rows with them; and the same windows
+    # two rows high (after the first kernel row, the exact rule), at one and two threads.
+    k, s, p = window
+    torch.manual_seed(1)
+    length = 16 * 4 * 5 + 7  # several vector blocks and a last block that overlaps the one before
+    x = torch.randn(3, 8, length, dtype=dtype)
+    int_t = torch.int32 if dtype == torch.float32 else torch.int64
+    for position in range(4):  # row c: NaNs at window position c % 4, payload told apart by the row
+        nan = torch.tensor([0x7FC00000 + 1 + position], dtype=torch.int32).view(torch.float32).to(dtype)
+        x[0, position, 8 + position::37] = nan
+        x[0, position, 9 + position::53] = float("nan")
+    x[1, :4] = 0.0
+    x[1, 0, ::2] = -0.0  # -0 first in each pair
+    x[1, 1, 1::2] = -0.0  # -0 second
+    x[1, 2, ::3] = -0.0
+    x[1, 3, 5::7] = -0.0
+    x[2, 0] = float("-inf")
+    x[2, 1, ::5] = float("inf")
+    x[2, 2, ::9] = float("-inf")
+    x[2, 3, 100:] = float("inf")
+    x[2, 3, 101::4] = float("-inf")  # infinities of both signs: a false alarm, the exact pass again
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            ours, ref = FC.max_pool1d(x, k, s, p), F.max_pool1d(x, k, s, p)
+            assert _same_bits(ours, ref), (window, threads, (ours.view(int_t) != ref.view(int_t)).nonzero()[:5])
+            x2 = x.reshape(3, 8, 1, length).expand(3, 8, 2, length).contiguous()
+            x2[:, :, 1] = x2[:, :, 1].flip(0)
+            ours2 = FC.max_pool2d(x2, (2, k), (1, s), (0, p))
+            ref2 = F.max_pool2d(x2, (2, k), (1, s), (0, p))
+            assert _same_bits(ours2, ref2), (window, threads)
+
+
 # Windows of the row sweep (max pooling without indices, average pooling): copied padded rows, aligned
 # 2x2 / 3x3 / 1-D windows, other windows, rows read in place; rows that are not a whole number of vectors,
 # groups of fewer than four rows, planes split into bands (two threads, few planes), ceil mode. The same

@@ -453,7 +453,12 @@ PoolGeometry rows_as_planes(const PoolGeometry& g) {
 template <typename scalar_t>
 void max_pool_values_kernel(const PoolGeometry& plane_geometry, const scalar_t* in, scalar_t* out) {
   const PoolGeometry g = rows_as_planes(plane_geometry);
-  if (const auto sweep = sweep_args<scalar_t>(g, nullptr, in, out)) return run_window_sweep<scalar_t, true>(*sweep);
+  // Rows of 1-D pooling with windows of 3 at stride 2 go to the row kernel, which has a form for them
+  // that reads the row in place (max_values_interior); the sweep copied each row into its ring first
+  // (max_pool1d(3, 2, 1) on 256 x 1024 at batch 8, one thread: 0.29 -> 0.26 ms).
+  const bool row_kernel_form = g.in_h == 1 && g.kernel_h == 1 && g.kernel_w == 3 && g.stride_w == 2 && g.dil_w == 1;
+  if (!row_kernel_form)
+    if (const auto sweep = sweep_args<scalar_t>(g, nullptr, in, out)) return run_window_sweep<scalar_t, true>(*sweep);
   const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, static_cast<int64_t*>(nullptr));
   at::parallel_for(0, g.planes * g.out_h, grain_for(g.out_w * g.kernel_h * g.kernel_w), [&](int64_t r0, int64_t r1) {
     FASTCONV_POOL_RUN(max_pool_rows_values<scalar_t>, args, r0, r1);
