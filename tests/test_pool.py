@@ -773,12 +773,20 @@ def test_torch_quirks_that_are_not_errors():
 def test_global_average_accepts_what_torch_mean_accepts(shape):
     # torch computes an adaptive average to 1 x 1 as a mean over the last two dims: any rank >= 2,
     # empty dims included (an empty plane averages to NaN), and a plain mean's gradient.
+    # output_size 1 and (1, 1) (nn.AdaptiveAvgPool2d((1, 1)), ResNet's head) go straight to the op from 3 dims.
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    ours, theirs = FC.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1)
-    assert ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs, equal_nan=True)
-    grad_out = torch.randn_like(theirs)
-    torch.testing.assert_close(_grads(ours, x, grad_out), _grads(theirs, x, grad_out))
+    for size in (1, (1, 1)) if len(shape) >= 3 else (1,):
+        for t in (x, x.to(memory_format=torch.channels_last)) if len(shape) == 4 else (x,):
+            ours, theirs = FC.adaptive_avg_pool2d(t, size), F.adaptive_avg_pool2d(t, size)
+            assert ours.shape == theirs.shape and ours.stride() == theirs.stride(), size
+            torch.testing.assert_close(ours, theirs, equal_nan=True)
+            grad_out = torch.randn_like(theirs)
+            torch.testing.assert_close(_grads(ours, x, grad_out), _grads(theirs, x, grad_out))
+    for bad in (x.detach().long(), x.detach().bool()):
+        with pytest.raises(RuntimeError):
+            F.adaptive_avg_pool2d(bad, 1)
+        with pytest.raises(RuntimeError):
+            FC.adaptive_avg_pool2d(bad, 1)
     x1 = torch.randn(shape[-2:], dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(FC.adaptive_avg_pool1d(x1, 1), F.adaptive_avg_pool1d(x1, 1), equal_nan=True)
 
