@@ -173,6 +173,13 @@ std::vector<scalar_t> avg_divisors(const PoolGeometry& g, const AvgOptions& opt)
   return divisors;
 }
 
+// Windows of 3 at stride 2, undilated (sequence models' max_pool1d(3, 2, 1)): max_values_interior has a form
+// of its own for them, which reads the row in place, so 1-D rows of them go to it rather than to the sweep
+// (max_pool_values_kernel).
+constexpr bool is_window_of_3_at_2(int64_t kernel, int64_t stride, int64_t dilation) {
+  return kernel == 3 && stride == 2 && dilation == 1;
+}
+
 // Arguments of the row kernels in cpu/pool_kernels.inc.
 template <typename scalar_t>
 struct MaxPoolArgs {
@@ -456,7 +463,7 @@ void max_pool_values_kernel(const PoolGeometry& plane_geometry, const scalar_t* 
   // Rows of 1-D pooling with windows of 3 at stride 2 go to the row kernel, which has a form for them
   // that reads the row in place (max_values_interior); the sweep copied each row into its ring first
   // (max_pool1d(3, 2, 1) on 256 x 1024 at batch 8, one thread: 0.29 -> 0.26 ms).
-  const bool row_kernel_form = g.in_h == 1 && g.kernel_h == 1 && g.kernel_w == 3 && g.stride_w == 2 && g.dil_w == 1;
+  const bool row_kernel_form = g.in_h == 1 && g.kernel_h == 1 && is_window_of_3_at_2(g.kernel_w, g.stride_w, g.dil_w);
   if (!row_kernel_form)
     if (const auto sweep = sweep_args<scalar_t>(g, nullptr, in, out)) return run_window_sweep<scalar_t, true>(*sweep);
   const MaxPoolArgs<scalar_t> args = max_pool_args(g, in, out, static_cast<int64_t*>(nullptr));
