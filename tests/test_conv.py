@@ -612,6 +612,29 @@ def test_direct_blocks_packed_in_channel_chunks(x_shape, w_shape, stride, paddin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,groups", [
+    ((2, 32, 7, 7), (64, 32, 3, 3), 1, 1, 1, 1),        # a row per tile (ResNet's layer4)
+    ((1, 16, 14, 14), (64, 16, 3, 3), 1, 1, 1, 1),      # two tiles per row
+    ((2, 16, 14, 14), (64, 16, 3, 3), 2, 1, 1, 1),      # strided: the input gradient by phases
+    ((1, 16, 7, 7), (64, 16, 5, 5), 1, 2, 1, 1),        # two pixels in the padding: no edge skipped
+    ((1, 16, 14, 14), (64, 16, 3, 3), 1, 2, 2, 1),      # dilated
+    ((1, 16, 7, 9), (64, 16, 3, 3), 1, (1, 0), 1, 1),   # padded rows only
+    ((1, 16, 9, 7), (64, 16, 3, 3), 1, (0, 1), 1, 1),   # padded columns only
+    ((1, 16, 3, 3), (64, 16, 3, 3), 1, 3, 1, 1),        # taps reading nothing but padding
+    ((1, 32, 7, 7), (128, 16, 3, 3), 1, 1, 1, 2),       # two groups
+    ((1, 16, 7, 7), (64, 16, 1, 3), 1, (0, 1), 1, 1),   # a 1x3 kernel
+    ((2, 16, 12, 12), (64, 16, 3, 3), 1, 1, 1, 1),      # rows of 12: whole tiles of 6 (AVX2) and 4 (baseline)
+])
+def test_direct_tiles_skip_padding(x_shape, w_shape, stride, padding, dilation, groups, dtype):
+    # Output rows of whole tiles (7 pixels on AVX-512's 7 x 64 tile; 12-pixel rows for the other
+    # instruction sets' tiles): each tile leaves out the taps that read only padding and the multiply-adds
+    # of a first or last pixel beside the row; every other product must stay.
+    x, w, b = _make(x_shape, w_shape, w_shape[0], True, dtype)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, stride, padding, dilation, groups, algo="direct"),
+                         lambda: F.conv2d(x, w, b, stride, padding, dilation, groups), (x, w, b), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 12, 16, 31, 33])
 def test_plane_kernels_on_every_row_width(width, dtype):
     # Rows of every length class the plane kernels copy inline (one element up to two 64-byte vectors,

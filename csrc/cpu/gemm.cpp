@@ -101,6 +101,13 @@ const MicroKernels<T>& narrow_kernels() {
   return set;
 }
 
+// AVX-512's 6 x 4-vector tile (see micro_kernels_for_width); elsewhere kernels().
+template <typename T>
+const MicroKernels<T>& wide_kernels() {
+  static const MicroKernels<T> set = avx512_tile_for_cpu<T, 6, 4>();
+  return set;
+}
+
 // The tile set for a product of m rows: the 16 x 1 tile where m fills its 16 rows better than the 12 x 2
 // tile's 12 (13 to 16 rows: MobileNetV2's 16-channel layers at 112x112, whose 12 x 2 tiles computed 24
 // rows for 16: its 32 -> 16 1x1 forward at batch 8, 0.60-0.68 -> 0.54-0.58 ms, the input gradient of its
@@ -253,7 +260,7 @@ template const MicroKernels<double>& micro_kernels<double>();
 // split them 12 + 4: ResNeXt-50 layer3's weight gradient at batch 8, 2.4-2.8 -> 1.55-1.75 ms).
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns) {
-  static const MicroKernels<T> wide = avx512_tile_for_cpu<T, 6, 4>();
+  const MicroKernels<T>& wide = wide_kernels<T>();
   const MicroKernels<T>& narrow = narrow_kernels<T>();
   const MicroKernels<T>& tall = kernels<T>();
   if (columns <= narrow.nr && narrow.nr < tall.nr) return narrow;
@@ -262,6 +269,15 @@ const MicroKernels<T>& micro_kernels_for_width(int64_t columns) {
 }
 template const MicroKernels<float>& micro_kernels_for_width<float>(int64_t);
 template const MicroKernels<double>& micro_kernels_for_width<double>(int64_t);
+
+template <typename T>
+const MicroKernels<T>& micro_kernels_for_conv(int64_t columns, int64_t row_width) {
+  static const MicroKernels<T> wide7 = avx512_tile_for_cpu<T, 7, 4>();
+  const MicroKernels<T>& fitted = micro_kernels_for_width<T>(columns);
+  return &fitted == &wide_kernels<T>() && wide7.mr == 7 && row_width % 7 == 0 ? wide7 : fitted;
+}
+template const MicroKernels<float>& micro_kernels_for_conv<float>(int64_t, int64_t);
+template const MicroKernels<double>& micro_kernels_for_conv<double>(int64_t, int64_t);
 
 template void gemm_packed_b<float>(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const BPacker<float>&,
                                    float*, int64_t, bool);

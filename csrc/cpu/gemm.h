@@ -41,10 +41,12 @@ struct MicroKernels {
   // C(mr x nr) = / += A_packed(kc x mr, column-major strips) * B_packed(kc x nr)
   void (*micro)(int64_t kc, const T* a_packed, const T* b_packed, T* c, int64_t ldc, bool accumulate);
   // C(mr x nr) = (C with accumulate, else the bias row or 0) + A * B_packed, A read in place:
-  // A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]; bias: nr values or null
-  void (*micro_conv)(int64_t taps, int64_t channels, const T* a_base, const int64_t* pixel_offsets,
-                     const int64_t* tap_offsets, const T* b_packed, T* c, int64_t ldc, const T* bias,
-                     bool accumulate);
+  // A(i, (t, ci)) = a_base[pixel_offsets[i] + tap_offsets[t] + ci]; bias: nr values or null. The taps are
+  // 0 .. taps - 1, or tap_index[0 .. taps - 1]; edges (or null): per listed tap, bit 0 (1) skips the
+  // tile's first (last) pixel, which reads only zeros there (micro_kernel_conv)
+  void (*micro_conv)(int64_t taps, const int64_t* tap_index, const uint8_t* edges, int64_t channels,
+                     const T* a_base, const int64_t* pixel_offsets, const int64_t* tap_offsets, const T* b_packed,
+                     T* c, int64_t ldc, const T* bias, bool accumulate);
   // C(mr x nr, row stride nr) = / += A * B_packed(kc x nr), A's column p read in place: the mr elements at
   // a_base + col_offsets[p]
   void (*micro_gather)(int64_t kc, const T* a_base, const int64_t* col_offsets, const T* b_packed, T* c,
@@ -73,6 +75,12 @@ const MicroKernels<T>& micro_kernels();
 // 16 x 16 one for at most 16 columns).
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns);
+
+// The kernels for a convolution's output tiles, `columns` output channels wide on rows of row_width
+// pixels: micro_kernels_for_width's, but on AVX-512 a 7 x 64 tile in place of the 6 x 64 one where rows
+// are whole numbers of 7 pixels (ResNet's 56, 28, 14 and 7), so that no tile spans two rows.
+template <typename T>
+const MicroKernels<T>& micro_kernels_for_conv(int64_t columns, int64_t row_width);
 
 template <typename T>
 void gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride, int64_t a_col_stride, const T* b,
