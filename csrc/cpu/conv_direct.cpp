@@ -1697,7 +1697,10 @@ template <typename scalar_t>
 void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool group_major, const scalar_t* w,
                             scalar_t* out, const TransposedTaps* transposed, const scalar_t* bias,
                             bool channels_last_out, bool exact_padding) {
-  const MicroKernels<scalar_t>& mk = micro_kernels_for_conv<scalar_t>(g.out_channels_per_group(), g.out_w);
+  // The 7-pixel tile where it lets a padded layer's tiles be whole rows' pieces (see skips_padding below).
+  const bool padded = exact_padding && (g.pad_h > 0 || g.pad_w > 0);
+  const MicroKernels<scalar_t>& mk = padded ? micro_kernels_for_conv<scalar_t>(g.out_channels_per_group(), g.out_w)
+                                            : micro_kernels_for_width<scalar_t>(g.out_channels_per_group());
   const int64_t mr = mk.mr, nr = mk.nr;
   const int64_t cin_g = g.in_channels_per_group(), cout_g = g.out_channels_per_group();
   const int64_t taps = g.kernel_h * g.kernel_w, k = cin_g * taps;
@@ -1782,7 +1785,7 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   // tap (the 7x7 stem's 3 channels, a 1-D front end's single one).
   // Tiles skip padding (see above) where they are whole rows' pieces and have channels enough that a tap
   // at a time costs nothing against merged kernel rows.
-  const bool skips_padding = exact_padding && (g.pad_h > 0 || g.pad_w > 0) && g.out_w % mr == 0 && cin_g >= 16;
+  const bool skips_padding = padded && g.out_w % mr == 0 && cin_g >= 16;
   const bool merge_rows = g.groups == 1 && g.dil_w == 1 && !skips_padding;
   std::vector<int64_t> row_offsets(g.kernel_h);
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) row_offsets[kh] = kh * g.dil_h * padded_w * pixel_step;

@@ -76,9 +76,10 @@ const MicroKernels<T>& micro_kernels();
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_width(int64_t columns);
 
-// The kernels for a convolution's output tiles, `columns` output channels wide on rows of row_width
+// The kernels for a padded convolution's output tiles, `columns` output channels wide on rows of row_width
 // pixels: micro_kernels_for_width's, but on AVX-512 a 7 x 64 tile in place of the 6 x 64 one where rows
-// are whole numbers of 7 pixels (ResNet's 56, 28, 14 and 7), so that no tile spans two rows.
+// are whole numbers of 7 pixels (ResNet's 56, 28, 14 and 7), so that no tile spans two rows and each can
+// leave out the padding beside its row (the direct convolution's blocked kernel).
 template <typename T>
 const MicroKernels<T>& micro_kernels_for_conv(int64_t columns, int64_t row_width);
 
