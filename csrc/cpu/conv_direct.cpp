@@ -1653,7 +1653,7 @@ struct TransposedTaps {
 // for all phases, which is not). Tiles of whole rows then skip the taps through which they would read only
 // zeros (ResNet's 7x7 planes spend 18% of their multiply-adds on the padding of a 3x3 kernel, 14x14 ones
 // 9%): a tap whose kernel row lies in the padding for the tile's row, and a tap's first or last pixel
-// reading the padding beside the row (see skipped_padding). With 7-pixel tiles (micro_kernels_for_conv), at
+// reading the padding beside the row (see taps_reading_input). With 7-pixel tiles (micro_kernels_for_conv), at
 // batch 8 on 2 threads: layer4's 3x3 forward 8.8-9.5 -> 7.2-7.6 ms, layer3's 8.4-9.0 -> 7.7-8.4 ms. (A
 // non-finite weight then meets no padding: the border pixels stay finite, as in oneDNN, where a product
 // with every padded zero, as torch's own fallback kernel takes it, gave NaN.)
@@ -1672,20 +1672,19 @@ PaddedInputSteps padded_input_steps(const ConvGeometry& g, bool group_major) {
 
 // The taps that read anything but padding for the tile of `mr` output pixels of one row from (oh, ow0)
 // on, written to tap_index (their numbers) and edges (per tap, bit 0: the tile's first pixel reads padding
-// there, bit 1: its last one does; see micro_kernel_conv); returns how many.
-int64_t skipped_padding(const ConvGeometry& g, int64_t oh, int64_t ow0, int64_t mr, int64_t* tap_index,
-                        uint8_t* edges) {
+// there, bit 1: its last one does; see micro_kernel_conv); returns how many. rows[kh] and cols[kw]: the
+// output rows and columns whose tap (kh, kw) reads inside the input (valid_output_range).
+int64_t taps_reading_input(const std::vector<OutputRange>& rows, const std::vector<OutputRange>& cols, int64_t oh,
+                           int64_t ow0, int64_t mr, int64_t* tap_index, uint8_t* edges) {
+  const int64_t kernel_w = static_cast<int64_t>(cols.size());
   int64_t count = 0;
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    const int64_t row = oh * g.stride_h + kh * g.dil_h;  // in the padded input
-    if (row < g.pad_h || row >= g.pad_h + g.in_h) continue;
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-      // Pixel i reads padded column col0 + i * stride_w: inside from pixel lo on, up to pixel hi.
-      const int64_t col0 = ow0 * g.stride_w + kw * g.dil_w, right = g.pad_w + g.in_w;
-      const int64_t lo = col0 >= g.pad_w ? 0 : std::min(mr, (g.pad_w - col0 + g.stride_w - 1) / g.stride_w);
-      const int64_t hi = col0 >= right ? 0 : std::min(mr, (right - 1 - col0) / g.stride_w + 1);
+  for (int64_t kh = 0; kh < static_cast<int64_t>(rows.size()); ++kh) {
+    if (oh < rows[kh].lo || oh >= rows[kh].hi) continue;
+    for (int64_t kw = 0; kw < kernel_w; ++kw) {
+      // The tile's pixels lo <= i < hi read inside the input through this tap.
+      const int64_t lo = std::clamp<int64_t>(cols[kw].lo - ow0, 0, mr), hi = std::clamp<int64_t>(cols[kw].hi - ow0, 0, mr);
       if (lo >= hi) continue;
-      tap_index[count] = kh * g.kernel_w + kw;
+      tap_index[count] = kh * kernel_w + kw;
       edges[count] = uint8_t((lo == 1 ? 1 : 0) | (hi == mr - 1 ? 2 : 0));
       ++count;
     }
@@ -1787,6 +1786,13 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
   // at a time costs nothing against merged kernel rows.
   const bool skips_padding = padded && g.out_w % mr == 0 && cin_g >= 16;
   const bool merge_rows = g.groups == 1 && g.dil_w == 1 && !skips_padding;
+  std::vector<OutputRange> inside_rows, inside_cols;  // per kernel row and column, see taps_reading_input
+  if (skips_padding) {
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+      inside_rows.push_back(valid_output_range(g.out_h, g.in_h, g.stride_h, g.pad_h, kh * g.dil_h));
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw)
+      inside_cols.push_back(valid_output_range(g.out_w, g.in_w, g.stride_w, g.pad_w, kw * g.dil_w));
+  }
   std::vector<int64_t> row_offsets(g.kernel_h);
   for (int64_t kh = 0; kh < g.kernel_h; ++kh) row_offsets[kh] = kh * g.dil_h * padded_w * pixel_step;
   const int64_t* k_offsets = merge_rows ? row_offsets.data() : tap_offsets.data();
@@ -1866,8 +1872,8 @@ void blocked_forward_kernel(const ConvGeometry& g, const scalar_t* in, bool grou
       if (skips_padding)
         for (int64_t tl = 0; tl < group_tiles; ++tl) {
           const int64_t pq_tile = (q_first + tl * mr) % out_plane;
-          tile_taps[tl] = skipped_padding(g, pq_tile / g.out_w, pq_tile % g.out_w, mr, tap_index.data() + tl * taps,
-                                          edges.data() + tl * taps);
+          tile_taps[tl] = taps_reading_input(inside_rows, inside_cols, pq_tile / g.out_w, pq_tile % g.out_w, mr,
+                                             tap_index.data() + tl * taps, edges.data() + tl * taps);
         }
       const auto tile_tap_index = [&](int64_t tl) { return skips_padding ? tap_index.data() + tl * taps : nullptr; };
       const auto tile_edges = [&](int64_t tl) { return skips_padding ? edges.data() + tl * taps : nullptr; };
