@@ -831,7 +831,8 @@ def test_depthwise_same_shape_planes(case, dtype):
                          lambda: F.conv2d(x, w, b, 1, (k - 1) // 2, 1, c), (x, w, b), TOL[dtype])
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7), (2, 4, 9, 56), (2, 4, 6, 57)])
+@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7), (2, 4, 6, 5), (2, 4, 9, 56),
+                                   (2, 4, 6, 57)])
 def test_depthwise_stride1_planes_keep_non_finite_inputs_in_place(shape):
     # Rows are loaded whole vectors at a time, into the next row (narrow and flat planes) or masked at their
     # ends (wider rows): an infinite or NaN input reaches only the outputs, input-gradient pixels and
@@ -875,6 +876,53 @@ def test_depthwise_same_shape_planes_stream_large_outputs():
     grad_out = torch.randn_like(ref)
     (got,), (want,) = torch.autograd.grad(out, [x], grad_out), torch.autograd.grad(ref, [x], grad_out)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+# (N, C, H, W): float32 depthwise 3x3 layers at stride 1 and padding 1 whose rows are under half a vector,
+# which with AVX-512 run as runs of whole planes, a vector of 16 floats across row and plane ends (the lane
+# masks repeat every lcm(H W, 16) elements, a run's length in planes): rows of 1 to 7 pixels; planes of
+# exactly 16 pixels (no vector meets two planes) and of 49 (15 of every 49 vectors do); one channel (every
+# plane the same taps); runs whose planes wrap from the last channel to the first and from one image to the
+# next; a last run shorter than the others, ending inside a vector; and enough planes for both threads.
+DEPTHWISE_PLANE_RUN_CASES = [
+    (2, 3, 16, 1),
+    (3, 5, 8, 2),
+    (2, 7, 9, 3),
+    (1, 1, 4, 4),
+    (2, 3, 5, 5),
+    (3, 5, 3, 6),
+    (3, 5, 7, 7),
+    (2, 17, 11, 7),
+    (5, 40, 7, 7),
+    (3, 70, 6, 5),
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_PLANE_RUN_CASES)
+def test_depthwise_plane_runs(case):
+    n, c, h, w_ = case
+    x, w, b = _make((n, c, h, w_), (c, 1, 3, 3), c, True, torch.float32)
+    _check_against_torch(lambda: FC.conv2d(x, w, b, 1, 1, 1, c, algo="direct"),
+                         lambda: F.conv2d(x, w, b, 1, 1, 1, c), (x, w, b), TOL[torch.float32])
+
+
+def test_depthwise_plane_runs_threads_agree_bitwise():
+    # Each output pixel is summed in one fixed order whichever thread's run it falls in.
+    x = torch.randn(5, 70, 7, 7, requires_grad=True)
+    w, b = torch.randn(70, 1, 3, 3), torch.randn(70)
+    grad_out = torch.randn(5, 70, 7, 7)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = FC.conv2d(x, w, b, 1, 1, 1, 70, algo="direct")
+            results.append((out, *torch.autograd.grad(out, [x], grad_out)))
+    finally:
+        torch.set_num_threads(previous)
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
+    torch.testing.assert_close(results[0][0], F.conv2d(x, w, b, 1, 1, 1, 70), **TOL[torch.float32])
 
 
 # (N, C, H, W, kernel, padding): depthwise 3x3 and 5x5 layers at stride 2 whose input rows fit two vectors

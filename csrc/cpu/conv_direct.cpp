@@ -27,7 +27,8 @@
 // Depthwise 3x3 and 5x5 layers with rows of 14 or more pixels take their forward and input gradient on the
 // NCHW planes (depthwise_nchw_*), vectorised along the rows, with no transposes; with AVX-512, at stride 1
 // with the padding (k - 1) / 2 and rows of at most two vectors, row by row from the planes in place, two
-// rows to a vector where they fill less than half of one (depthwise_narrow_rows*, depthwise_row_pairs); at
+// rows to a vector where they fill less than half of one (depthwise_narrow_rows*, depthwise_row_pairs;
+// float 3x3 layers there as runs of whole planes, a vector across row and plane ends: depthwise_plane_run_*); at
 // stride 2 with input rows of at most two vectors and output rows of at most one, the forward and input
 // gradient (and where those rows fill more than half a vector, the weight gradient) row by row from the
 // planes in place (depthwise_stride2_rows*); with wider rows, the input gradient from the output-gradient
@@ -1303,11 +1304,70 @@ int64_t depthwise_narrow_rows_workspace_elements(const ConvGeometry& g, int64_t 
   return most;
 }
 
+// Of those, the float32 3x3 layers whose forward and input gradient run on runs of planes
+// (depthwise_plane_run_3x3): rows under half a vector (where float rows went two to a vector), outputs not
+// streamed past the caches (those keep the staged narrow rows). Against row pairs, fastconv.ops.conv2d,
+// 960x7x7, 2 threads, two rounds of the best of six 0.1 s blocks alternating: batch 8 0.0934-0.0938 ->
+// 0.0801-0.0808 ms, batch 1 0.0193-0.0195 -> 0.0185 ms (one thread, batch 8: 0.1741 -> 0.1451 ms). On
+// 14x14 planes they took as long as narrow rows at batch 8 and 8% longer at batch 1, which keep them.
+bool depthwise_plane_runs_apply(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_narrow_rows_apply(g, element_size) && element_size == 4 && g.kernel_h == 3 &&
+         depthwise_row_pairs_apply(g, element_size) &&
+         !streams_output(g.batch * g.in_channels * g.in_h * g.in_w * element_size);
+}
+
+// The vectors of 16 floats after which the lane masks of runs of h x w planes repeat: lcm(h w, 16) / 16.
+int64_t plane_run_period(int64_t h, int64_t w) { return std::lcm<int64_t>(h * w, 16) / 16; }
+
+// depthwise_plane_run_3x3's lane masks for h x w planes: per vector of a period, the lanes whose pixel has
+// a left and a right neighbour, a row above and a row below in its plane.
+std::vector<uint16_t> plane_run_masks(int64_t h, int64_t w) {
+  using namespace planes_baseline;
+  const int64_t period = plane_run_period(h, w);
+  std::vector<uint16_t> masks(period * kPlaneRunMasks, 0);
+  // Element e of the period lies at (row, column) of its plane: counted along, no division per lane (with
+  // one, making the masks took longer than a 16-channel 7x7 layer).
+  int64_t row = 0, column = 0;
+  for (int64_t e = 0; e < period * 16; ++e) {
+    const uint16_t bit = static_cast<uint16_t>(1u << (e % 16));
+    uint16_t* m = masks.data() + e / 16 * kPlaneRunMasks;
+    if (column > 0) m[kHasLeft] |= bit;
+    if (column + 1 < w) m[kHasRight] |= bit;
+    if (row > 0) m[kHasAbove] |= bit;
+    if (row + 1 < h) m[kHasBelow] |= bit;
+    if (++column == w) {
+      column = 0;
+      if (++row == h) row = 0;
+    }
+  }
+  return masks;
+}
+
+// out (N, C, h, w) = the correlation of each source plane with its channel's 3x3 taps w (C, 3, 3), from the
+// channel's bias (null: zero), for depthwise_plane_runs_apply layers: each worker takes a run of whole mask
+// periods of planes (the last one may be short).
+template <typename scalar_t>
+void depthwise_plane_runs(const ConvGeometry& g, const scalar_t* src, const scalar_t* w, const scalar_t* bias,
+                          scalar_t* out) {
+  const int64_t n = g.in_h * g.in_w, channels = g.in_channels, planes = g.batch * channels;
+  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = period * 16 / n;
+  const std::vector<uint16_t> masks = plane_run_masks(g.in_h, g.in_w);
+  const int64_t units = (planes + period_planes - 1) / period_planes;
+  const int64_t grain = std::max<int64_t>(1, depthwise_plane_grain(n) / period_planes);
+  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
+    const int64_t p0 = u0 * period_planes, p1 = std::min(planes, u1 * period_planes);
+    FASTCONV_CALL_PLANES(depthwise_plane_run_3x3_rows_of<scalar_t>(g.in_w, src + p0 * n, p1 - p0, g.in_h,
+                                                                   p0 % channels, channels, w, bias, masks.data(),
+                                                                   period, out + p0 * n));
+  });
+}
+
 // out (N, C, h, w) = the correlation of each source plane (N, C, h, w) with its channel's taps w (C, k, k),
 // from the channel's bias (null: zero); one plane per work item.
 template <typename scalar_t>
 void depthwise_narrow_planes(const ConvGeometry& g, const scalar_t* src, const scalar_t* w, const scalar_t* bias,
                              scalar_t* out) {
+  if (depthwise_plane_runs_apply(g, sizeof(scalar_t))) return depthwise_plane_runs(g, src, w, bias, out);
   const int64_t k = g.kernel_h, h = g.in_h, width = g.in_w, n = h * width, taps = k * k;
   const int64_t channels = g.in_channels, planes = g.batch * channels;
   const NarrowRowLanes<scalar_t> t = narrow_row_lanes<scalar_t>(g);
