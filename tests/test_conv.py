@@ -831,8 +831,8 @@ def test_depthwise_same_shape_planes(case, dtype):
                          lambda: F.conv2d(x, w, b, 1, (k - 1) // 2, 1, c), (x, w, b), TOL[dtype])
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7), (2, 4, 6, 5), (2, 4, 9, 56),
-                                   (2, 4, 6, 57)])
+@pytest.mark.parametrize("shape", [(2, 4, 14, 14), (2, 4, 9, 28), (2, 4, 7, 7), (2, 4, 6, 5), (4, 16, 7, 7),
+                                   (2, 4, 9, 56), (2, 4, 6, 57)])
 def test_depthwise_stride1_planes_keep_non_finite_inputs_in_place(shape):
     # Rows are loaded whole vectors at a time, into the next row (narrow and flat planes) or masked at their
     # ends (wider rows): an infinite or NaN input reaches only the outputs, input-gradient pixels and
@@ -884,6 +884,8 @@ def test_depthwise_same_shape_planes_stream_large_outputs():
 # exactly 16 pixels (no vector meets two planes) and of 49 (15 of every 49 vectors do); one channel (every
 # plane the same taps); runs whose planes wrap from the last channel to the first and from one image to the
 # next; a last run shorter than the others, ending inside a vector; and enough planes for both threads.
+# Their weight gradient runs on runs of planes from batch 4 where a run's planes are whole channels (16
+# channels of 7x7 or 5x5 planes, 8 of 6x5, one of 16 pixels): those cases, and ones just outside.
 DEPTHWISE_PLANE_RUN_CASES = [
     (2, 3, 16, 1),
     (3, 5, 8, 2),
@@ -895,6 +897,13 @@ DEPTHWISE_PLANE_RUN_CASES = [
     (2, 17, 11, 7),
     (5, 40, 7, 7),
     (3, 70, 6, 5),
+    (4, 16, 7, 7),
+    (6, 48, 7, 7),
+    (5, 32, 5, 5),
+    (4, 8, 6, 5),
+    (4, 3, 16, 1),
+    (4, 2, 4, 4),
+    (3, 16, 7, 7),
 ]
 
 
@@ -906,23 +915,28 @@ def test_depthwise_plane_runs(case):
                          lambda: F.conv2d(x, w, b, 1, 1, 1, c), (x, w, b), TOL[torch.float32])
 
 
-def test_depthwise_plane_runs_threads_agree_bitwise():
-    # Each output pixel is summed in one fixed order whichever thread's run it falls in.
-    x = torch.randn(5, 70, 7, 7, requires_grad=True)
-    w, b = torch.randn(70, 1, 3, 3), torch.randn(70)
-    grad_out = torch.randn(5, 70, 7, 7)
+@pytest.mark.parametrize("channels", [70, 64])
+def test_depthwise_plane_runs_threads_agree_bitwise(channels):
+    # Each output pixel is summed in one fixed order whichever thread's run it falls in, and each weight
+    # gradient (on runs of planes with 64 channels, in channel blocks with 70) by one thread.
+    x = torch.randn(5, channels, 7, 7, requires_grad=True)
+    w, b = torch.randn(channels, 1, 3, 3, requires_grad=True), torch.randn(channels)
+    grad_out = torch.randn(5, channels, 7, 7)
     previous = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            out = FC.conv2d(x, w, b, 1, 1, 1, 70, algo="direct")
-            results.append((out, *torch.autograd.grad(out, [x], grad_out)))
+            out = FC.conv2d(x, w, b, 1, 1, 1, channels, algo="direct")
+            results.append((out, *torch.autograd.grad(out, [x, w], grad_out)))
     finally:
         torch.set_num_threads(previous)
     for a, c in zip(*results):
         assert torch.equal(a, c)
-    torch.testing.assert_close(results[0][0], F.conv2d(x, w, b, 1, 1, 1, 70), **TOL[torch.float32])
+    ref = F.conv2d(x, w, b, 1, 1, 1, channels)
+    torch.testing.assert_close(results[0][0], ref, **TOL[torch.float32])
+    for got, want in zip(results[0][1:], torch.autograd.grad(ref, [x, w], grad_out)):
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
 # (N, C, H, W, kernel, padding): depthwise 3x3 and 5x5 layers at stride 2 whose input rows fit two vectors

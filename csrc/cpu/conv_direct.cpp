@@ -1291,19 +1291,6 @@ NarrowRowLanes<scalar_t> narrow_row_lanes(const ConvGeometry& g) {
   return t;
 }
 
-// One thread's scratch: where the output is streamed, a staging plane; the weight gradient's sums for a
-// thread's share of the channels.
-int64_t depthwise_narrow_rows_workspace_elements(const ConvGeometry& g, int64_t element_size) {
-  int64_t most = 0;
-  if (depthwise_narrow_rows_apply(g, element_size))
-    most = streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
-  if (depthwise_narrow_rows_weight_applies(g, element_size)) {
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads()), lanes = 64 / element_size;
-    most = std::max(most, (g.in_channels + threads - 1) / threads * g.kernel_h * g.kernel_w * lanes + lanes);
-  }
-  return most;
-}
-
 // Of those, the float32 3x3 layers whose forward and input gradient run on runs of planes
 // (depthwise_plane_run_3x3): rows under half a vector (where float rows went two to a vector), outputs not
 // streamed past the caches (those keep the staged narrow rows). Against row pairs, fastconv.ops.conv2d,
@@ -1360,6 +1347,59 @@ void depthwise_plane_runs(const ConvGeometry& g, const scalar_t* src, const scal
                                                                    p0 % channels, channels, w, bias, masks.data(),
                                                                    period, out + p0 * n));
   });
+}
+
+// Whether the weight gradient of such a layer runs on runs of planes too (depthwise_plane_run_3x3_weight):
+// batches of 4 or more, where a mask period's planes are whole channels of one image, so that each run's
+// channels are summed over the images by one thread (deterministic). Against channel blocks, 960x7x7, 2
+// threads, ms, builds alternating: batch 8 0.129-0.133 -> 0.086-0.092, batch 4 0.066 -> 0.062; batch 3
+// 0.051 -> 0.050, batch 1 0.024 -> 0.037 (each run's sums stored and summed once per call), which keep
+// the blocks.
+bool depthwise_plane_runs_weight_apply(const ConvGeometry& g, int64_t element_size) {
+  if (!depthwise_narrow_rows_apply(g, element_size) || element_size != 4 || g.kernel_h != 3 ||
+      !depthwise_row_pairs_apply(g, element_size) || g.batch < 4)
+    return false;
+  const int64_t n = g.in_h * g.in_w;
+  return g.in_channels % (plane_run_period(g.in_h, g.in_w) * 16 / n) == 0;
+}
+
+// One thread's scratch for it: nine rows of a mask period's sums.
+int64_t plane_run_weight_scratch_elements(const ConvGeometry& g) {
+  return 9 * 16 * plane_run_period(g.in_h, g.in_w) + 16;
+}
+
+// gw (C, 3, 3) for depthwise_plane_runs_weight_apply layers: threads take runs of channels (a mask period's
+// planes each) and sum each over the images in order.
+template <typename scalar_t>
+void depthwise_plane_runs_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in,
+                                             scalar_t* gw) {
+  const int64_t n = g.in_h * g.in_w, channels = g.in_channels;
+  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = period * 16 / n;
+  const std::vector<uint16_t> masks = plane_run_masks(g.in_h, g.in_w);
+  at::parallel_for(0, channels / period_planes, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<scalar_t> scratch(plane_run_weight_scratch_elements(g));
+    scalar_t* sums = align_64(scratch.data());
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t first = r * period_planes * n;
+      FASTCONV_CALL_PLANES(depthwise_plane_run_3x3_weight_rows_of<scalar_t>(
+          g.in_w, in + first, go + first, g.batch, channels * n, g.in_h, masks.data(), period, sums,
+          gw + r * period_planes * 9));
+    }
+  });
+}
+
+// One thread's scratch: where the output is streamed, a staging plane; the weight gradient's sums for a
+// thread's share of the channels (on runs of planes, a run's).
+int64_t depthwise_narrow_rows_workspace_elements(const ConvGeometry& g, int64_t element_size) {
+  int64_t most = 0;
+  if (depthwise_narrow_rows_apply(g, element_size))
+    most = streamed_plane_elements(g.batch * g.in_channels, g.in_h * g.in_w, element_size);
+  if (depthwise_narrow_rows_weight_applies(g, element_size)) {
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads()), lanes = 64 / element_size;
+    most = std::max(most, (g.in_channels + threads - 1) / threads * g.kernel_h * g.kernel_w * lanes + lanes);
+  }
+  if (depthwise_plane_runs_weight_apply(g, element_size)) most = std::max(most, plane_run_weight_scratch_elements(g));
+  return most;
 }
 
 // out (N, C, h, w) = the correlation of each source plane (N, C, h, w) with its channel's taps w (C, k, k),
@@ -1650,6 +1690,8 @@ void grad_input_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t
 
 template <typename scalar_t>
 void grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in, scalar_t* gw) {
+  if (depthwise_plane_runs_weight_apply(g, sizeof(scalar_t)))
+    return depthwise_plane_runs_grad_weight_kernel(g, go, in, gw);
   if (depthwise_narrow_rows_weight_applies(g, sizeof(scalar_t)))
     return depthwise_narrow_rows_grad_weight_kernel(g, go, in, gw);
   if (depthwise_stride2_rows_weight_applies(g, sizeof(scalar_t)))
@@ -2465,7 +2507,7 @@ static int64_t kernels_workspace_bytes(const ConvGeometry& g, int64_t element_si
   // neither runs on NCHW planes.)
   const bool stride2_rows = depthwise_stride2_rows_apply(g, element_size);
   if (depthwise_blocks_apply(g) && !depthwise_stride2_rows_weight_applies(g, element_size) &&
-      !depthwise_narrow_rows_weight_applies(g, element_size))
+      !depthwise_narrow_rows_weight_applies(g, element_size) && !depthwise_plane_runs_weight_apply(g, element_size))
     planes = std::max(planes, depthwise_blocks_scratch_elements(g, element_size));
   if (!stride2_rows && !depthwise_same_shape_planes(g, element_size))
     planes = std::max(planes, depthwise_nchw_workspace_elements(g, element_size));
