@@ -1291,20 +1291,27 @@ NarrowRowLanes<scalar_t> narrow_row_lanes(const ConvGeometry& g) {
   return t;
 }
 
-// Of those, the float32 3x3 layers whose forward and input gradient run on runs of planes
-// (depthwise_plane_run_3x3): rows under half a vector (where float rows went two to a vector), outputs not
+// Of those, the float32 3x3 layers with rows under half a vector (where float rows went two to a vector):
+// the layers the kernels on runs of planes take (depthwise_plane_run_3x3*), as the rules below say.
+bool depthwise_plane_run_layer(const ConvGeometry& g, int64_t element_size) {
+  return depthwise_narrow_rows_apply(g, element_size) && element_size == 4 && g.kernel_h == 3 &&
+         depthwise_row_pairs_apply(g, element_size);
+}
+
+// Their forward and input gradient run on runs of planes (depthwise_plane_run_3x3) where the output is not
 // streamed past the caches (those keep the staged narrow rows). Against row pairs, fastconv.ops.conv2d,
 // 960x7x7, 2 threads, two rounds of the best of six 0.1 s blocks alternating: batch 8 0.0934-0.0938 ->
 // 0.0801-0.0808 ms, batch 1 0.0193-0.0195 -> 0.0185 ms (one thread, batch 8: 0.1741 -> 0.1451 ms). On
 // 14x14 planes they took as long as narrow rows at batch 8 and 8% longer at batch 1, which keep them.
 bool depthwise_plane_runs_apply(const ConvGeometry& g, int64_t element_size) {
-  return depthwise_narrow_rows_apply(g, element_size) && element_size == 4 && g.kernel_h == 3 &&
-         depthwise_row_pairs_apply(g, element_size) &&
+  return depthwise_plane_run_layer(g, element_size) &&
          !streams_output(g.batch * g.in_channels * g.in_h * g.in_w * element_size);
 }
 
-// The vectors of 16 floats after which the lane masks of runs of h x w planes repeat: lcm(h w, 16) / 16.
+// The vectors of 16 floats after which the lane masks of runs of h x w planes repeat: lcm(h w, 16) / 16,
+// and the planes they hold.
 int64_t plane_run_period(int64_t h, int64_t w) { return std::lcm<int64_t>(h * w, 16) / 16; }
+int64_t plane_run_period_planes(int64_t h, int64_t w) { return plane_run_period(h, w) * 16 / (h * w); }
 
 // depthwise_plane_run_3x3's lane masks for h x w planes: per vector of a period, the lanes whose pixel has
 // a left and a right neighbour, a row above and a row below in its plane.
@@ -1337,7 +1344,7 @@ template <typename scalar_t>
 void depthwise_plane_runs(const ConvGeometry& g, const scalar_t* src, const scalar_t* w, const scalar_t* bias,
                           scalar_t* out) {
   const int64_t n = g.in_h * g.in_w, channels = g.in_channels, planes = g.batch * channels;
-  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = period * 16 / n;
+  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = plane_run_period_planes(g.in_h, g.in_w);
   const std::vector<uint16_t> masks = plane_run_masks(g.in_h, g.in_w);
   const int64_t units = (planes + period_planes - 1) / period_planes;
   const int64_t grain = std::max<int64_t>(1, depthwise_plane_grain(n) / period_planes);
@@ -1356,11 +1363,8 @@ void depthwise_plane_runs(const ConvGeometry& g, const scalar_t* src, const scal
 // 0.051 -> 0.050, batch 1 0.024 -> 0.037 (each run's sums stored and summed once per call), which keep
 // the blocks.
 bool depthwise_plane_runs_weight_apply(const ConvGeometry& g, int64_t element_size) {
-  if (!depthwise_narrow_rows_apply(g, element_size) || element_size != 4 || g.kernel_h != 3 ||
-      !depthwise_row_pairs_apply(g, element_size) || g.batch < 4)
-    return false;
-  const int64_t n = g.in_h * g.in_w;
-  return g.in_channels % (plane_run_period(g.in_h, g.in_w) * 16 / n) == 0;
+  return depthwise_plane_run_layer(g, element_size) && g.batch >= 4 &&
+         g.in_channels % plane_run_period_planes(g.in_h, g.in_w) == 0;
 }
 
 // One thread's scratch for it: nine rows of a mask period's sums.
@@ -1374,7 +1378,7 @@ template <typename scalar_t>
 void depthwise_plane_runs_grad_weight_kernel(const ConvGeometry& g, const scalar_t* go, const scalar_t* in,
                                              scalar_t* gw) {
   const int64_t n = g.in_h * g.in_w, channels = g.in_channels;
-  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = period * 16 / n;
+  const int64_t period = plane_run_period(g.in_h, g.in_w), period_planes = plane_run_period_planes(g.in_h, g.in_w);
   const std::vector<uint16_t> masks = plane_run_masks(g.in_h, g.in_w);
   at::parallel_for(0, channels / period_planes, 1, [&](int64_t r0, int64_t r1) {
     std::vector<scalar_t> scratch(plane_run_weight_scratch_elements(g));
