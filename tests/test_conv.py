@@ -473,6 +473,22 @@ def test_double_backward_raises():
         gx.sum().backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 95, 1000, 16001])
+def test_bias_gradient_is_the_sum_of_the_output_gradient(length, dtype):
+    # Summed in double in groups of lanes and then the rest: every element counts, to float rounding.
+    x = torch.randn(2, 3, length, dtype=dtype)
+    w, b = torch.randn(4, 3, 1, dtype=dtype), torch.randn(4, dtype=dtype)
+    grad_out = torch.randn(2, 4, length, dtype=dtype) * 1000
+    gb = torch.ops.fastconv.conv1d_backward(grad_out, x, w, [1], [0], [1], 1, [False, False, True], "auto")[2]
+    torch.testing.assert_close(gb, grad_out.double().sum((0, 2)).to(dtype), rtol=1e-6, atol=1e-6)
+    # Through autograd (torch's own float sum rounds more than these sums in double: they are compared with
+    # the double reference).
+    b.requires_grad_()
+    ours = torch.autograd.grad(FC.conv1d(x, w, b), b, grad_out)[0]
+    torch.testing.assert_close(ours, grad_out.double().sum((0, 2)).to(dtype), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_cpu_isa_path(isa):
     """Each compiled micro-kernel variant (forced with FASTCONV_CPU_ISA) gives torch's results."""
@@ -525,6 +541,13 @@ for dtype in (torch.float32, torch.float64):
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # The bias gradient's sums (vectorised per instruction set), whole groups of lanes and the rest.
+    for length in (1, 31, 32, 33, 200):
+        x = torch.randn(3, 2, length, dtype=dtype)
+        w, b = torch.randn(5, 2, 1, dtype=dtype), torch.randn(5, dtype=dtype)
+        grad_out = torch.randn(3, 5, length, dtype=dtype)
+        gb = torch.ops.fastconv.conv1d_backward(grad_out, x, w, [1], [0], [1], 1, [False, False, True], "auto")[2]
+        torch.testing.assert_close(gb, grad_out.double().sum((0, 2)).to(dtype), rtol=1e-6, atol=1e-6)
 print(fastconv.build_info()["cpu_isa"])
 """
     env = dict(os.environ, FASTCONV_CPU_ISA=isa)
