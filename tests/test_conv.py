@@ -982,6 +982,9 @@ DEPTHWISE_STRIDE2_ROWS_CASES = [
     (2, 3, 25, 26, 5, 0),
     (2, 3, 6, 32, 3, 1),
     (2, 3, 5, 16, 5, 2),
+    # Enough planes for several threads' ranges, which start inside an image.
+    (2, 200, 14, 14, 3, 1),
+    (3, 100, 28, 28, 3, 1),
 ]
 
 
