@@ -544,7 +544,7 @@ for dtype in (torch.float32, torch.float64):
     # The bias gradient's sums (vectorised per instruction set), whole groups of lanes and the rest.
     for length in (1, 31, 32, 33, 200):
         x = torch.randn(3, 2, length, dtype=dtype)
-        w, b = torch.randn(5, 2, 1, dtype=dtype), torch.randn(5, dtype=dtype)
+        w = torch.randn(5, 2, 1, dtype=dtype)
         grad_out = torch.randn(3, 5, length, dtype=dtype)
         gb = torch.ops.fastconv.conv1d_backward(grad_out, x, w, [1], [0], [1], 1, [False, False, True], "auto")[2]
         torch.testing.assert_close(gb, grad_out.double().sum((0, 2)).to(dtype), rtol=1e-6, atol=1e-6)

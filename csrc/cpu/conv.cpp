@@ -11,8 +11,8 @@
 #include <type_traits>
 
 #include "common/conv_adapters.h"
-#include "common/shapes.h"
 #include "common/cpu_features.h"
+#include "common/shapes.h"
 #include "cpu/conv_kernels.h"
 
 namespace fastconv::cpu {
